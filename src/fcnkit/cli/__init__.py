@@ -1,0 +1,82 @@
+"""The ``fcnkit`` command line.
+
+Each subcommand lives in a module of this package that defines ``HELP`` (one line), ``EXAMPLE`` (shown by
+``--help``), ``add_arguments(parser)`` and ``run(args) -> int``. A user's mistake ends as one line,
+``fcnkit: error: …``, and exit status 2; a traceback means a bug in fcnkit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from types import ModuleType
+
+from fcnkit import __version__
+from fcnkit.errors import FcnkitError
+
+# The order `fcnkit --help` lists them in; a module found but not named here is listed after these.
+ORDER = ("demo", "train", "eval", "predict", "convert", "heatmap", "inspect", "export")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors read ``fcnkit: error: …`` like every other fcnkit error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"fcnkit: error: {where}{message}\n")
+
+
+def _commands() -> dict[str, ModuleType]:
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "run") and hasattr(module, "add_arguments"):
+            found[info.name] = module
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fcnkit",
+        description="Fully convolutional networks: train on patches, predict exactly on images of any size.",
+        epilog="Run `fcnkit COMMAND --help` for a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"fcnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module in _commands().items():
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog="example:\n  " + module.EXAMPLE.strip().replace("\n", "\n  "),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except FcnkitError as exc:
+        print(f"fcnkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fcnkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
