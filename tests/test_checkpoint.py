@@ -1,0 +1,165 @@
+"""Checkpoints: atomic writes, safe reads (weights_only), strict rebuilds from the file's own metadata."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from fcnkit.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    read_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from fcnkit.errors import CheckpointError
+
+
+def _tiny(name: str = "fcn32s", num_classes: int = 3):
+    from fcnkit.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(name, num_classes=num_classes, width=0.0625)
+
+
+class _Spec(torch.nn.Module):
+    """A plain module that carries a spec, for tests that only read the raw dict."""
+
+    output_kind = "classifier"
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+        self.fcnkit_spec = {"name": "none", "num_classes": 2, "in_channels": 3, "options": {}}
+
+
+def test_roundtrip_rebuilds_model_with_meta(tmp_path):
+    model = _tiny()
+    names = ["background", "a", "b"]
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+    path = save_checkpoint(tmp_path / "m.pt", model=model, class_names=names, palette=palette, step=7,
+                           metrics={"mean_iu": 0.5})
+    loaded = load_checkpoint(path)
+    assert not loaded.training
+    assert loaded.fcnkit_spec == model.fcnkit_spec
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert loaded.fcnkit_meta["class_names"] == names
+    np.testing.assert_array_equal(loaded.fcnkit_meta["palette"], palette)
+    assert loaded.fcnkit_meta["step"] == 7
+    assert loaded.fcnkit_meta["metrics"] == {"mean_iu": 0.5}
+    x = torch.rand(1, 3, 37, 45)
+    model.eval()
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_dict_layout_and_weights_only(tmp_path):
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.rand(1, 3, 32, 32)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=10, power=0.9)
+    save_checkpoint(tmp_path / "m.pt", model=model, optimizer=opt, scheduler=sched, step=1, rng=capture_rng())
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert raw["format"] == "fcnkit-checkpoint" and raw["version"] == 1
+    assert raw["model"] == model.fcnkit_spec
+    assert set(raw) >= {"state_dict", "class_names", "palette", "geometry", "optimizer", "scheduler", "step", "rng"}
+    assert raw["geometry"]["output_stride"] == 1
+    opt2 = torch.optim.SGD(_tiny().parameters(), lr=0.1, momentum=0.9)
+    opt2.load_state_dict(raw["optimizer"])
+    assert opt2.state_dict()["param_groups"][0]["lr"] == opt.state_dict()["param_groups"][0]["lr"]
+
+
+def test_rng_capture_restore_replays_every_generator():
+    state = capture_rng()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(state)
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert first[2] == second[2]
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "last.pt", model=_Spec(), step=1)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model=_Spec(), step=2)
+    assert read_checkpoint(path)["step"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]  # no temporary file left behind
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"'.*nope\.pt'.*found nothing; check the path"):
+        read_checkpoint(tmp_path / "nope.pt")
+
+
+def test_truncated_file(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", model=_tiny())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"m\.pt'.*truncated or corrupted"):
+        load_checkpoint(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello world")
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        read_checkpoint(tmp_path / "notes.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match=r"plain\.pt'.*expected an fcnkit checkpoint.*found format None"):
+        read_checkpoint(tmp_path / "plain.pt")
+
+
+class _Payload:
+    """Unpickling this would create a file; weights_only must refuse before running it."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
+    target = tmp_path / "pwned"
+    torch.save({"format": "fcnkit-checkpoint", "version": 1, "x": _Payload(str(target))}, tmp_path / "evil.pt")
+    assert not target.exists()
+    with pytest.raises(CheckpointError, match=r"evil\.pt'.*would run code.*nothing was executed"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not target.exists()
+
+
+def test_strict_load_names_mismatched_keys(tmp_path):
+    model = _tiny()
+    path = save_checkpoint(tmp_path / "m.pt", model=model)
+    raw = torch.load(path, weights_only=True)
+    first = next(iter(raw["state_dict"]))
+    raw["state_dict"]["extra.weight"] = raw["state_dict"].pop(first)
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=rf"missing: {first}.*unexpected: extra\.weight"):
+        load_checkpoint(path)
+
+
+def test_plain_module_cannot_be_saved(tmp_path):
+    with pytest.raises(CheckpointError, match="needs an fcnkit model with `fcnkit_spec`.*Linear"):
+        save_checkpoint(tmp_path / "m.pt", model=torch.nn.Linear(2, 2))
+
+
+def test_convolutionalized_classifier_roundtrip(tmp_path):
+    from fcnkit.convert import convolutionalize
+
+    classifier = _tiny("digit_classifier", num_classes=10)
+    fcn = convolutionalize(classifier.eval(), input_size=tuple(classifier.input_size))
+    assert "convolutionalized" in fcn.fcnkit_spec
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "fcn.pt", model=fcn))
+    x = torch.rand(1, 3, 64, 48)
+    torch.testing.assert_close(loaded(x), fcn.eval()(x))
