@@ -17,10 +17,12 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import random
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +36,27 @@ FORMAT = "fcnkit-checkpoint"
 VERSION = 1
 
 
+# Geometry depends on the architecture only, so it is analyzed once per model object, not at every save.
+_GEOMETRY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _geometry_of(model: nn.Module) -> dict | None:
     """The model's analyzed geometry as a plain dict; None for models without a spatial output (classifiers)."""
     if getattr(model, "output_kind", "dense") == "classifier":
         return None
-    from fcnkit.geometry import analyze
+    if model not in _GEOMETRY:
+        from fcnkit.geometry import analyze
 
-    spec = getattr(model, "fcnkit_spec", {})
-    try:
-        return analyze(model, in_channels=int(spec.get("in_channels", 3))).to_dict()
-    except FcnkitError:
-        # A model the analyzer cannot describe still gets saved; the checkpoint just carries no geometry.
-        return None
+        in_channels = int(getattr(model, "fcnkit_spec", {}).get("in_channels", 3))
+        # Analyze a copy in eval mode with the RNG forked: a probe must not move BatchNorm statistics or draw
+        # random numbers from the training run (that would break exact resume).
+        with torch.random.fork_rng(devices=[]):
+            try:
+                _GEOMETRY[model] = analyze(copy.deepcopy(model).eval(), in_channels=in_channels).to_dict()
+            except FcnkitError:
+                # A model the analyzer cannot describe is still saved, just without geometry.
+                _GEOMETRY[model] = None
+    return _GEOMETRY[model]
 
 
 def capture_rng() -> dict:

@@ -1,0 +1,318 @@
+"""Training: dense models on random patches with per-pixel cross-entropy, classifiers on labelled windows.
+
+Every run is a pure function of its config: the batch of step k depends only on (seed, k), and ``last.pt`` holds
+the weights, optimizer, schedule, step and every RNG state, so a run killed at any moment and resumed with
+``resume=True`` ends with the same losses and the same weights as a run that was never interrupted.
+
+Example::
+
+    result = train(TrainConfig(model="fcn8s", data="scenes", steps=500, width=0.25, out="runs/fcn8s"))
+    result.metrics["mean_iu"], result.best_checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fcnkit import _ddp
+from fcnkit.checkpoint import capture_rng, load_state_strict, read_checkpoint, restore_rng, save_checkpoint
+from fcnkit.errors import CheckpointError, DataError, InputError
+from fcnkit.evaluate import check_kind, evaluate_dense, evaluate_windows, summary
+from fcnkit.losses import pixel_cross_entropy
+from fcnkit.train_setup import Batches, add_windows, build_optimizer, init_from_checkpoint, open_data
+
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. ``steps`` or ``epochs`` (one pass = len(train) / batch_size steps)."""
+
+    model: str
+    data: str = "scenes"
+    num_classes: int | None = None
+    patch: int = 64
+    batch_size: int = 16
+    steps: int | None = None
+    epochs: int | None = None
+    lr: float | None = None  # None: DEFAULT_LR of the optimizer
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float | None = 5.0  # max global gradient norm; None or 0 disables clipping
+    width: float | None = None  # channel multiplier; None: the model's default
+    model_options: dict = field(default_factory=dict)
+    out: str = "runs/train"
+    resume: bool = False
+    overwrite: bool = False
+    device: str | None = None  # None: CUDA when available
+    init_from: str | None = None
+    eval_every: int | None = None  # None: 5 evaluations over the run; 0: only at the end
+    checkpoint_every: int = 100
+    seed: int = 0
+    val_size: int | None = None  # side of the built-in validation scenes (scenes only)
+    val_count: int | None = None  # evaluate on the first val_count validation images (None: all)
+    amp: bool = True  # bf16 autocast, on CUDA only
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``losses`` maps each step this process ran (1-based) to its training loss."""
+
+    out: Path
+    step: int
+    losses: dict[int, float]
+    metrics: dict | None
+    best_mean_iu: float | None
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    new_parameters: list[str] = field(default_factory=list)
+
+
+def _positive(value: Any, name: str, kind: type = int) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or (kind is int and int(value) != value) or (isinstance(value, float) and not math.isfinite(value)):
+        what = "a positive integer" if kind is int else "a positive number"
+        raise InputError(f"{name}: expected {what}, found {value!r}; pass e.g. {name}={1 if kind is int else 0.01}.")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise :class:`InputError` for any number or choice that cannot train."""
+    if (cfg.steps is None) == (cfg.epochs is None):
+        raise InputError(f"steps/epochs: expected exactly one of them, found steps={cfg.steps!r}, "
+                         f"epochs={cfg.epochs!r}; pass --steps N or --epochs N.")
+    _positive(cfg.steps if cfg.steps is not None else cfg.epochs, "steps" if cfg.steps is not None else "epochs")
+    _positive(cfg.patch, "patch")
+    _positive(cfg.batch_size, "batch_size")
+    _positive(cfg.checkpoint_every, "checkpoint_every")
+    if cfg.lr is not None:
+        _positive(cfg.lr, "lr", float)
+    if cfg.width is not None:
+        _positive(cfg.width, "width", float)
+    if cfg.optimizer not in DEFAULT_LR:
+        raise InputError(f"optimizer: expected one of {', '.join(DEFAULT_LR)}, found {cfg.optimizer!r}; "
+                         f"pass --optimizer sgd or --optimizer adamw.")
+    if cfg.eval_every is not None and (isinstance(cfg.eval_every, bool) or cfg.eval_every < 0):
+        raise InputError(f"eval_every: expected 0 (only at the end) or a positive number of steps, found "
+                         f"{cfg.eval_every!r}.")
+    for name in ("val_size", "val_count"):
+        if getattr(cfg, name) is not None:
+            _positive(getattr(cfg, name), name)
+    if cfg.resume and cfg.init_from:
+        raise InputError("resume and init_from: expected one of them, found both; --resume continues this run's "
+                         "own last.pt, --init-from starts a new run from another checkpoint.")
+    if cfg.device and torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device: expected an available device, found {cfg.device!r} without CUDA on this "
+                         f"machine; pass --device cpu.")
+
+
+def _prepare_out(cfg: TrainConfig, out: Path, is_main: bool) -> Path | None:
+    """The last.pt to resume from (or None); refuses to silently overwrite a finished or running run."""
+    last = out / "last.pt"
+    if cfg.resume:
+        if not last.is_file():
+            raise CheckpointError(f"resume: expected '{last}' from an earlier run, found none; train without "
+                                  f"--resume first, or point --out at the run to continue.")
+        return last
+    if last.exists() and not cfg.overwrite:
+        raise InputError(f"out: '{out}' holds a run already (last.pt); pass --resume to continue it, "
+                         f"--overwrite to start over, or another --out.")
+    if is_main:
+        for name in ("last.pt", "best.pt", "metrics.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    return None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop evaluation lines written after ``step`` (by a run killed before it saved that step's checkpoint)."""
+    if not log.is_file():
+        return
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    log.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train ``config.model`` on ``config.data``; checkpoints and ``metrics.jsonl`` go to ``config.out``.
+
+    Under ``torchrun`` the global batch of each step is split across processes (rank r takes items r, r+N, …),
+    gradients are averaged by DDP, metrics are summed over ranks, and only rank 0 writes files.
+    """
+    check_config(config)
+    dist = _ddp.setup(config.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if dist.device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible matmuls
+    # Exact resume needs reproducible kernels; warn_only keeps ops without a deterministic variant usable.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _Run(config, dist).run()
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        _ddp.teardown(dist)
+
+
+class _Run:
+    """One training run: set up once, then ``run()`` the step loop."""
+
+    def __init__(self, cfg: TrainConfig, dist: _ddp.Dist):
+        self.cfg, self.dist, self.device = cfg, dist, dist.device
+        self.out = Path(cfg.out)
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        resume_from = _prepare_out(cfg, self.out, dist.is_main)
+        dist.barrier()  # nobody reads last.pt before rank 0 has checked the folder
+        _seed_everything(cfg.seed)
+
+        self.data = open_data(cfg)
+        self.num_classes = self.data.num_classes
+        options = dict(cfg.model_options)
+        if cfg.width is not None:
+            options["width"] = cfg.width
+        from fcnkit.models import build_model
+
+        self.model = build_model(cfg.model, num_classes=self.num_classes, **options)
+        self.kind = check_kind(self.model, f"model {cfg.model!r}")
+        if self.kind == "classifier":
+            add_windows(self.data, cfg, int(getattr(self.model, "input_size", (cfg.patch,))[0]))
+        self.new_parameters: list[str] = []
+        if cfg.init_from:
+            self.new_parameters = init_from_checkpoint(self.model, cfg.init_from)
+        self.steps = cfg.steps if cfg.steps is not None else cfg.epochs * math.ceil(
+            len(self.data.train) / cfg.batch_size)
+        self.eval_every = cfg.eval_every if cfg.eval_every is not None else max(1, self.steps // 5)
+
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.steps)
+        self.step, self.best, self.elapsed = 0, -math.inf, 0.0
+        self.window = [0.0, 0]  # training-loss sum and count since the last evaluation
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.net: nn.Module = self.model
+        if dist.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _resume(self, path: Path) -> None:
+        ckpt = read_checkpoint(path, map_location="cpu")
+        if ckpt["model"] != self.model.fcnkit_spec:
+            raise CheckpointError(
+                f"resume: '{path}' holds model {ckpt['model']}, expected {self.model.fcnkit_spec} from the "
+                f"arguments; resume with the same --model/--width/--data, or use --overwrite to start over.")
+        load_state_strict(self.model, ckpt["state_dict"], source=f"resume from '{path}'")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step = int(ckpt["step"])
+        extra = ckpt.get("extra", {})
+        if extra.get("steps") != self.steps:
+            raise CheckpointError(
+                f"resume: '{path}' was written by a run of {extra.get('steps')} steps, found {self.steps} now; "
+                f"the learning-rate schedule depends on it, so resume with the same --steps/--epochs.")
+        self.best, self.elapsed = extra["best"], extra["elapsed"]
+        self.window = list(extra["window"])
+        restore_rng(ckpt["rng"])
+        if self.dist.is_main:
+            _truncate_log(self.out / "metrics.jsonl", self.step)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.cfg.amp):
+            logits = self.net(x)
+        return pixel_cross_entropy(logits.float(), y)
+
+    def _evaluate(self) -> dict:
+        if self.kind == "classifier":
+            images, labels = self.data.val_windows
+            meter = evaluate_windows(self.model, images, labels, num_classes=self.num_classes,
+                                     device=self.device, dist=self.dist)
+        else:
+            meter = evaluate_dense(self.model, self.data.val, num_classes=self.num_classes, device=self.device,
+                                   dist=self.dist)
+        return summary(meter)
+
+    def _save(self, name: str, metrics: dict | None) -> Path:
+        extra = {"steps": self.steps, "best": self.best, "elapsed": self.elapsed, "window": list(self.window),
+                 "config": {k: v for k, v in asdict(self.cfg).items() if k != "progress"}}
+        return save_checkpoint(
+            self.out / name, model=self.model, class_names=self.data.class_names, palette=self.data.palette,
+            optimizer=self.optimizer, scheduler=self.scheduler, step=self.step, rng=capture_rng(),
+            metrics=metrics, extra=extra)
+
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        cfg, losses, metrics = self.cfg, {}, None
+        batches = Batches(self.data, cfg, self.dist, start_step=self.step)
+        bar = tqdm(total=self.steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
+                   desc=f"train {cfg.model}", unit="step", dynamic_ncols=True)
+        self.net.train()
+        while self.step < self.steps:
+            started = time.perf_counter()
+            x, y = batches.next(self.device)
+            loss = self._loss(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            value = self.dist.mean(float(loss.detach()))
+            if not math.isfinite(value):
+                raise InputError(f"lr: training diverged at step {self.step} (loss {value}); lower --lr "
+                                 f"(now {self.optimizer.param_groups[0]['initial_lr']:g}) or keep grad clipping on.")
+            losses[self.step] = value
+            self.window = [self.window[0] + value, self.window[1] + 1]
+            self.elapsed += time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{self.step * cfg.batch_size / max(self.elapsed, 1e-9):.1f}"
+                            if self.step else "")
+            if self.step == self.steps or (self.eval_every and self.step % self.eval_every == 0):
+                metrics = self._evaluate_and_log()
+            if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:
+                if self.dist.is_main:
+                    self._save("last.pt", metrics)
+                self.dist.barrier()
+        bar.close()
+        if metrics is None:  # resumed a run that had already finished
+            metrics = self._evaluate()
+        best = self.out / "best.pt"
+        return TrainResult(out=self.out, step=self.step, losses=losses, metrics=metrics,
+                           best_mean_iu=None if self.best == -math.inf else self.best,
+                           last_checkpoint=self.out / "last.pt", best_checkpoint=best if best.exists() else None,
+                           new_parameters=self.new_parameters)
+
+    def _evaluate_and_log(self) -> dict:
+        metrics = self._evaluate()
+        loss = self.window[0] / self.window[1] if self.window[1] else None
+        self.window = [0.0, 0]
+        record = {"step": self.step, "loss": loss, **metrics, "lr": self.optimizer.param_groups[0]["lr"],
+                  "time": round(self.elapsed, 3)}
+        mean_iu = metrics["mean_iu"] if metrics["mean_iu"] is not None else -math.inf
+        if self.dist.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if mean_iu > self.best:
+                self.best = mean_iu
+                self._save("best.pt", metrics)
+        else:
+            self.best = max(self.best, mean_iu)
+        return metrics

@@ -1,0 +1,161 @@
+"""The pieces a training run is assembled from: its data, its batch stream, its optimizer, staged initialisation.
+
+Kept apart from the step loop in :mod:`fcnkit.train` so each reads on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fcnkit._ddp import Dist
+from fcnkit.checkpoint import read_checkpoint
+from fcnkit.errors import CheckpointError, DataError, InputError
+
+if TYPE_CHECKING:
+    from fcnkit.train import TrainConfig
+
+TRAIN_WINDOWS = 2200  # classifier training windows (200 per class of the 11 digit-scene classes)
+VAL_WINDOWS = 550
+
+
+class _First:
+    """The first ``count`` items of a dataset (validation on a budget), keeping its class metadata."""
+
+    def __init__(self, dataset: Any, count: int):
+        self.dataset, self.count = dataset, min(count, len(dataset))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.dataset[index]
+
+
+@dataclass
+class TrainData:
+    """The training set, the validation set (whole images) and, for classifiers, labelled windows."""
+
+    train: Any
+    val: Any
+    num_classes: int
+    class_names: list[str]
+    palette: np.ndarray
+    train_windows: tuple[torch.Tensor, torch.Tensor] | None = None  # (N, 3, h, w) float, (N,) int64
+    val_windows: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def _windows(split: str, count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from fcnkit.data.scenes import classification_windows
+
+    images, labels = classification_windows(split, count, seed=seed, size=size)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().contiguous(), torch.from_numpy(labels)
+
+
+def open_data(cfg: TrainConfig) -> TrainData:
+    """Open ``cfg.data`` for training (images to cut patches from) and validation (whole images)."""
+    from fcnkit.data import open_dataset
+
+    train = open_dataset(cfg.data, split="train", num_classes=cfg.num_classes)
+    scenes = str(cfg.data).partition(":")[0] == "scenes"
+    val_options = {}
+    if scenes:
+        val_options = {k: v for k, v in (("size", cfg.val_size), ("count", cfg.val_count)) if v is not None}
+    elif cfg.val_size is not None:
+        raise InputError(f"val_size: only the built-in scenes are made at a chosen size, found --data {cfg.data}; "
+                         f"leave --val-size out (validation uses the dataset's own images, whole).")
+    val = open_dataset(cfg.data, split="val", num_classes=cfg.num_classes, **val_options)
+    if cfg.val_count is not None and not scenes:
+        val = _First(val, cfg.val_count)
+    if len(val) == 0:
+        raise DataError(f"data {cfg.data}: expected validation images, found none; add images to the val split.")
+    return TrainData(train, val, train.num_classes, list(train.class_names), np.asarray(train.palette))
+
+
+def add_windows(data: TrainData, cfg: TrainConfig, size: int) -> None:
+    """Give a classifier run its labelled ``size``×``size`` training and validation windows."""
+    if str(cfg.data).partition(":")[0] != "scenes":
+        raise DataError(f"data {cfg.data}: classifier models train on labelled windows, which only the built-in "
+                        f"scenes provide; pass --data scenes, or train a dense model on this data.")
+    data.train_windows = _windows("train", TRAIN_WINDOWS, size, cfg.seed)
+    data.val_windows = _windows("val", cfg.val_count or VAL_WINDOWS, size, cfg.seed)
+
+
+class Batches:
+    """The batch of every step, a pure function of (seed, step): patches for dense models, windows for classifiers.
+
+    ``batch_size`` is the global batch; under DDP rank r gets its contiguous share, and the shares of all ranks
+    together are exactly the single-process batch.
+    """
+
+    def __init__(self, data: TrainData, cfg: TrainConfig, dist: Dist, *, start_step: int):
+        if cfg.batch_size % dist.world_size:
+            raise InputError(f"batch_size: expected a multiple of the {dist.world_size} processes, found "
+                             f"{cfg.batch_size}; pass --batch-size {cfg.batch_size + dist.world_size - cfg.batch_size % dist.world_size}.")
+        self.local = cfg.batch_size // dist.world_size
+        self.dist, self.seed, self.step = dist, cfg.seed, start_step
+        self.windows = data.train_windows
+        if self.windows is None:
+            from fcnkit.data import PatchSampler
+
+            self.sampler = PatchSampler(data.train, cfg.patch, seed=cfg.seed)
+
+    def _window_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.windows
+        n = len(images)
+        first = (self.step * self.dist.world_size + self.dist.rank) * self.local
+        picks = []
+        for sample in range(first, first + self.local):
+            epoch, position = divmod(sample, n)
+            # every window once per epoch, in an order drawn from (seed, epoch) alone
+            picks.append(int(np.random.default_rng([self.seed, epoch]).permutation(n)[position]))
+        return images[picks], labels[picks]
+
+    def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.windows is not None:
+            x, y = self._window_batch()
+        else:
+            x, y = self.sampler.batch(self.local, self.step, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.step += 1
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(device, non_blocking=True)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
+    """SGD with momentum (or AdamW) and the poly schedule ``lr · (1 − step/steps)^0.9`` of DeepLab/FCN practice."""
+    from fcnkit.train import DEFAULT_LR
+
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=steps, power=0.9)
+
+
+def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:
+    """Copy every tensor of checkpoint ``path`` whose name and shape match ``model``'s; return the names left new.
+
+    This is the paper's staged training: FCN-16s starts from FCN-32s (only ``score_pool4`` and the upsamplers are
+    new), FCN-8s from FCN-16s.
+    """
+    ckpt = read_checkpoint(path)
+    source = ckpt["state_dict"]
+    own = model.state_dict()
+    copied = {k: v for k, v in source.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not copied:
+        raise CheckpointError(
+            f"init_from: '{path}' holds model {ckpt['model'].get('name')!r} whose weights share no name and shape "
+            f"with {model.fcnkit_spec['name']!r}; start from a checkpoint of a related model (fcn32s -> fcn16s -> "
+            f"fcn8s) with the same --width and --num-classes.")
+    model.load_state_dict(copied, strict=False)
+    return sorted(k for k in own if k not in copied)
