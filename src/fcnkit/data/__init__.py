@@ -1,0 +1,102 @@
+"""Datasets for training and evaluating FCNs, opened from a spec string.
+
+Every dataset yields ``(image (H, W, 3) uint8, label (H, W) uint8)`` with 255 = ignore and has ``num_classes``,
+``class_names`` and ``palette`` ((K, 3) uint8). Images keep their own size: validation runs on whole images of any
+size; training crops patches with :class:`PatchSampler`.
+
+Specs: ``scenes`` (the built-in digit scenes, optionally ``scenes:SIZE`` or ``scenes:HxW``), ``voc:ROOT`` (PASCAL
+VOC 2012 layout), ``folder:ROOT`` (``images/`` + ``masks/`` with the same stems).
+
+Example:
+    >>> ds = open_dataset("scenes:64", split="val", count=2)
+    >>> image, label = ds[0]
+    >>> image.shape, label.shape, ds.num_classes
+    ((64, 64, 3), (64, 64), 11)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from fcnkit.data.sampling import PatchSampler
+from fcnkit.errors import DataError
+
+__all__ = ["PatchSampler", "SegmentationDataset", "open_dataset", "voc_palette"]
+
+SCHEMES = ("scenes", "voc:ROOT", "folder:ROOT")
+SPLITS = ("train", "val")
+
+
+class SegmentationDataset(Protocol):
+    """What every fcnkit dataset provides."""
+
+    num_classes: int
+    class_names: list[str]
+    palette: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map, ``(n, 3)`` uint8: class ``c``'s bits are spread over the high bits of R, G, B.
+
+    Bit ``3k`` of ``c`` goes to bit ``7 - k`` of red, bit ``3k + 1`` to green, bit ``3k + 2`` to blue, so the first
+    classes get well separated colours (1 = dark red, 2 = dark green, 15 = pinkish person).
+    """
+    c = np.arange(n, dtype=np.int64)
+    palette = np.zeros((n, 3), dtype=np.int64)
+    for k in range(8):
+        for channel in range(3):
+            palette[:, channel] |= ((c >> (3 * k + channel)) & 1) << (7 - k)
+    return palette.astype(np.uint8)
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}; pass split='train' or 'val'.")
+    return split
+
+
+def open_dataset(spec: str, *, split: str = "train", num_classes: int | None = None, **options: Any):
+    """Open the dataset that ``spec`` names, for ``split`` ("train" or "val").
+
+    Args:
+        spec: ``scenes`` / ``scenes:SIZE`` / ``scenes:HxW``, ``voc:ROOT`` or ``folder:ROOT``.
+        split: "train" or "val".
+        num_classes: required for ``folder``; for ``scenes`` (11) and ``voc`` (21) it must match if given.
+        **options: passed to the dataset (``scenes``: ``size``, ``count``, ``seed``).
+
+    Raises:
+        DataError: an unknown scheme (the message lists the valid ones), a bad root, or a class-count mismatch.
+    """
+    check_split(split)
+    scheme, _, rest = str(spec).partition(":")
+    if scheme == "scenes":
+        from fcnkit.data.scenes import DigitScenes, parse_size
+
+        if rest:
+            options = {"size": parse_size(rest, spec), **options}
+        dataset = DigitScenes(split, **options)
+    elif scheme == "voc" and rest:
+        from fcnkit.data.voc import VOCSegmentation
+
+        dataset = VOCSegmentation(rest, split, **options)
+    elif scheme == "folder" and rest:
+        from fcnkit.data.folder import FolderDataset
+
+        return FolderDataset(rest, split, num_classes=num_classes, **options)
+    else:
+        raise DataError(
+            f"unknown data spec {spec!r}; expected one of {', '.join(SCHEMES)} "
+            f"(for example --data scenes or --data voc:/data/VOCdevkit/VOC2012)."
+        )
+    if num_classes is not None and int(num_classes) != dataset.num_classes:
+        raise DataError(
+            f"--num-classes {num_classes} does not match {scheme}, which has {dataset.num_classes} classes; "
+            f"leave --num-classes out or set it to {dataset.num_classes}."
+        )
+    return dataset
