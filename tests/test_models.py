@@ -1,0 +1,207 @@
+"""Every registered model, looped over automatically: forward, backward, odd sizes, batches, output-size rules."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import fcnkit
+from fcnkit.errors import InputError, ModelError
+from fcnkit.models import build_model, list_models, model_options, register_model
+
+MODELS = list_models()
+WIDTH = 0.0625  # tiny channel counts: the whole zoo runs in seconds on a CPU
+NUM_CLASSES = 3
+
+
+def _build(name: str, **options) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, num_classes=NUM_CLASSES, width=WIDTH, **options)
+
+
+def _image(n: int, h: int, w: int, channels: int = 3) -> torch.Tensor:
+    return torch.rand(n, channels, h, w, generator=torch.Generator().manual_seed(1)) * 255
+
+
+def _size_for(model: torch.nn.Module, h: int, w: int) -> tuple[int, int]:
+    """Classifiers trained on fixed windows only take that window; every other model takes (h, w)."""
+    return tuple(getattr(model, "input_size", (h, w)))
+
+
+def _expected_shape(model: torch.nn.Module, n: int, h: int, w: int) -> tuple[int, ...]:
+    if model.output_kind == "dense":
+        return (n, NUM_CLASSES, h, w)
+    if model.output_kind == "grid":
+        s = model.output_stride
+        return (n, NUM_CLASSES, math.ceil(h / s), math.ceil(w / s))
+    return (n, NUM_CLASSES)
+
+
+def test_list_models_has_the_zoo():
+    assert MODELS == ["allconv_classifier", "digit_classifier", "encoder_decoder", "fcn16s", "fcn32s", "fcn8s",
+                      "heatmap_net", "segnet", "unet"]
+    assert fcnkit.list_models() == MODELS
+    assert fcnkit.build_model is build_model
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("hw", [(67, 93), (129, 40)])
+def test_forward_backward_every_parameter_gets_a_gradient(name, hw):
+    model = _build(name).train()
+    h, w = _size_for(model, *hw)
+    x = _image(2, h, w).requires_grad_()
+    y = model(x)
+    assert y.shape == _expected_shape(model, 2, h, w)
+    assert torch.isfinite(y).all()
+    y.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: parameter {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: parameter {pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("batch", [0, 1, 2])
+def test_batch_sizes_in_eval(name, batch):
+    model = _build(name).eval()  # eval: BatchNorm needs more than one value per channel in training mode
+    h, w = _size_for(model, 40, 29)
+    with torch.no_grad():
+        y = model(_image(batch, h, w))
+    assert y.shape == _expected_shape(model, batch, h, w)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_channels_last_input_gives_the_same_answer(name):
+    model = _build(name).eval()
+    h, w = _size_for(model, 37, 50)
+    x = _image(2, h, w)
+    with torch.no_grad():
+        ref = model(x)
+        out = model(x.to(memory_format=torch.channels_last))
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_common_surface(name):
+    model = _build(name)
+    assert model.output_kind in ("dense", "grid", "classifier")
+    assert isinstance(model.normalize, fcnkit.layers.Normalize)
+    if model.output_kind in ("dense", "grid"):
+        assert isinstance(model.multiple, int) and model.multiple >= 1
+    spec = model.fcnkit_spec
+    assert spec == {"name": name, "num_classes": NUM_CLASSES, "in_channels": 3, "options": {"width": WIDTH}}
+    assert json.loads(json.dumps(spec)) == spec
+    rebuilt = build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                          **spec["options"])
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_single_channel_input(name):
+    model = build_model(name, num_classes=2, in_channels=1, width=WIDTH).eval()
+    h, w = _size_for(model, 21, 34)
+    with torch.no_grad():
+        assert model(_image(1, h, w, channels=1)).shape[:2] == (1, 2)
+    with pytest.raises(InputError, match=r"expected 1 channels"):
+        model(_image(1, h, w, channels=3))
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if build_model(n, num_classes=2, width=WIDTH).output_kind
+                                  == "dense"])
+def test_dense_models_tiny_inputs(name):
+    model = _build(name).eval()
+    with torch.no_grad():
+        for hw in [(1, 1), (1, 50), (33, 2)]:
+            assert model(_image(1, *hw)).shape == (1, NUM_CLASSES, *hw)
+
+
+def test_heatmap_net_grid_sizes():
+    model = _build("heatmap_net").eval()
+    assert model.output_kind == "grid"
+    with torch.no_grad():
+        assert model(_image(1, 64, 64)).shape == (1, NUM_CLASSES, 8, 8)
+        assert model(torch.zeros(1, 3, 640, 320)).shape == (1, NUM_CLASSES, 80, 40)
+
+
+def test_allconv_classifier_any_size():
+    model = _build("allconv_classifier").eval()
+    with torch.no_grad():
+        for hw in [(28, 28), (28, 16), (1, 1), (67, 93)]:
+            assert model(_image(2, *hw)).shape == (2, NUM_CLASSES)
+
+
+def test_digit_classifier_window_and_head():
+    model = build_model("digit_classifier", num_classes=11, width=0.25)
+    assert model.output_kind == "classifier" and model.input_size == (32, 32)
+    assert model(_image(2, 32, 32)).shape == (2, 11)
+    # convolutionalizable: the head is Flatten -> Linear -> ReLU -> Dropout -> Linear
+    assert [type(m).__name__ for m in model.classifier] == ["Flatten", "Linear", "ReLU", "Dropout", "Linear"]
+    assert all(c.padding == (0, 0) for c in model.features if isinstance(c, torch.nn.Conv2d))
+    with pytest.raises(InputError, match=r"expected 32x32 windows \(N, C, 32, 32\), got 64x48; .*convolutionalize"):
+        model(_image(1, 64, 48))
+
+
+def test_fcn_paper_widths_and_names():
+    model = build_model("fcn8s", num_classes=21)
+    fc6, fc7 = model.classifier[0], model.classifier[3]
+    assert (fc6.in_channels, fc6.out_channels, fc6.kernel_size, fc6.padding) == (512, 4096, (7, 7), (3, 3))
+    assert (fc7.in_channels, fc7.out_channels, fc7.kernel_size) == (4096, 4096, (1, 1))
+    assert model.features[0].out_channels == 64 and model.features[28].out_channels == 512
+    names = {n.split(".")[0] for n, _ in model.named_parameters()}
+    assert names == {"features", "classifier", "score_fr", "upscore2", "score_pool4", "upscore_pool4",
+                     "score_pool3", "upscore8"}
+    assert model.score_pool4.weight.abs().sum() == 0 and model.score_pool3.weight.abs().sum() == 0
+    assert model.upscore8.kernel_size == (16, 16) and model.upscore8.stride == (8, 8)
+    assert {n.split(".")[0] for n, _ in _build("fcn16s").named_parameters()} >= {"upscore2", "upscore16"}
+    assert {n.split(".")[0] for n, _ in _build("fcn32s").named_parameters()} >= {"upscore"}
+
+
+def test_fcn8s_starts_as_bilinear_upsampling_of_fcn32s_scores():
+    """With zero-initialised skip scores, FCN-8s's output is score_fr upsampled by the bilinear transposed convs."""
+    model = _build("fcn8s").eval()
+    x = _image(1, 64, 96)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.features(model.normalize(x))
+        coarse = model.score_fr(model.classifier(feats))  # (1, K, 2, 3)
+        ref = model.upscore8(model.upscore_pool4(model.upscore2(coarse)))
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_width_scales_channels():
+    assert build_model("unet", num_classes=2, width=0.25).down[0][0][0].out_channels == 16
+    assert build_model("unet", num_classes=2, width=1.0).down[4][0][0].out_channels == 1024
+
+
+def test_unknown_model_lists_valid_ones_and_suggests():
+    with pytest.raises(ModelError, match=r"unknown model 'fcn8'; did you mean 'fcn8s'\? expected one of: "
+                                         r"allconv_classifier, .*unet"):
+        build_model("fcn8", num_classes=2)
+
+
+def test_bad_options_and_arguments():
+    with pytest.raises(ModelError, match=r"model 'unet': unknown option 'depth'; expected options: width"):
+        build_model("unet", num_classes=2, depth=5)
+    with pytest.raises(ModelError, match=r"num_classes: expected an integer >= 1, got 0"):
+        build_model("unet", num_classes=0)
+    with pytest.raises(ModelError, match=r"num_classes: expected an integer >= 1, got True"):
+        build_model("unet", num_classes=True)
+    with pytest.raises(ModelError, match=r"in_channels: expected an integer >= 1, got 2.5"):
+        build_model("unet", num_classes=2, in_channels=2.5)
+    with pytest.raises(ModelError, match=r"option width: expected a positive channel multiplier .* got -1"):
+        build_model("unet", num_classes=2, width=-1)
+    assert model_options("fcn8s") == {"width": 1.0}
+
+
+def test_duplicate_registration_raises():
+    def unet(*, num_classes, in_channels=3):  # same name as the registered U-Net
+        raise AssertionError("never built")
+
+    with pytest.raises(ModelError, match=r"a model named 'unet' is registered already"):
+        register_model(unet)
+    assert list_models() == MODELS
