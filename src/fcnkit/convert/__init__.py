@@ -1,0 +1,161 @@
+"""Convolutionalization: a classifier trained on fixed windows becomes an FCN that scores every window in one pass.
+
+The first Linear after the flatten is a convolution whose kernel covers the whole final feature map; later Linears
+are 1x1 convolutions (Long, Shelhamer & Darrell, "Fully Convolutional Networks", section 3.1). The result runs on
+any image at least one window large and returns the classifier's scores for every full window at the network's
+stride::
+
+    fcn = convolutionalize(classifier, input_size=(32, 32))
+    fcn(torch.zeros(1, 3, 64, 48)).shape       # (1, K, (64 - 32) // s + 1, (48 - 32) // s + 1)
+    verify(classifier, fcn, image)             # max |FCN - classifier| over all full windows
+
+``sliding_window`` is the slow reference that runs the classifier on every window.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.func import functional_call
+
+from fcnkit.convert.graph import analyze_graph, apply_plan, trace
+from fcnkit.convert.reference import sliding_window, verify
+from fcnkit.errors import ConversionError, InputError
+
+__all__ = ["ConvolutionalizedNet", "convolutionalize", "sliding_window", "verify"]
+
+# Input growth used to measure the stride: divisible by every stride built from 2**10, 3, 3, 5 and 7.
+_PROBE = 2**10 * 3**2 * 5 * 7
+
+
+class ConvolutionalizedNet(nn.Module):
+    """A convolutionalized classifier: (N, C, H, W) -> (N, K, H', W'), one score vector per full window.
+
+    ``H' = (H - window[0]) // stride[0] + 1`` (0 when the image is smaller than a window); grid cell (i, j) holds
+    the scores of the window whose top-left pixel is ``(stride[0] * i, stride[1] * j)``. ``body`` is the rewritten
+    torch.fx graph; it may compute a few more positions than there are full windows (where a pooling layer drops
+    the window's last rows), and those are cropped off.
+    """
+
+    output_kind = "grid"
+
+    def __init__(self, body: fx.GraphModule, *, window: tuple[int, int], stride: tuple[int, int],
+                 num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.body = body
+        self.window = tuple(window)
+        self.stride = tuple(stride)
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (H', W') score grid of an H x W image: the number of full windows along each axis."""
+        return tuple(max(0, (size - win) // s + 1) for size, win, s in  # type: ignore[return-value]
+                     zip((height, width), self.window, self.stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise InputError(f"convolutionalized classifier input: expected a (N, {self.in_channels}, H, W) tensor, "
+                             f"got shape {tuple(x.shape)}; add the batch axis or fix the channel count.")
+        rows, cols = self.grid_size(x.shape[2], x.shape[3])
+        if rows == 0 or cols == 0:  # no full window fits: an empty grid, as the sliding classifier would give
+            dtype = next(self.parameters()).dtype
+            return torch.zeros(x.shape[0], self.num_classes, rows, cols, dtype=dtype, device=x.device)
+        return self.body(x)[:, :, :rows, :cols]  # (N, K, H', W')
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}, stride={self.stride}, num_classes={self.num_classes}"
+
+
+def _check_size(input_size: Sequence[int]) -> tuple[int, int]:
+    if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)):
+        raise InputError(f"convolutionalize(input_size=...): expected (H, W), two positive integers (the window the "
+                         f"classifier was trained on), got {input_size!r}.")
+    return int(input_size[0]), int(input_size[1])
+
+
+def _grid_stride(body: fx.GraphModule, window: tuple[int, int], in_channels: int) -> tuple[int, int]:
+    """The output stride per axis, measured on shapes only (meta tensors, no arithmetic is done)."""
+    state = {k: v.to("meta") for k, v in [*body.named_parameters(), *body.named_buffers()]}
+
+    def grid(height: int, width: int) -> tuple[int, int]:
+        x = torch.empty(1, in_channels, height, width, device="meta")
+        return tuple(functional_call(body, state, (x,)).shape[2:])  # type: ignore[return-value]
+
+    base = grid(*window)
+    grown = (grid(window[0] + _PROBE, window[1])[0], grid(window[0], window[1] + _PROBE)[1])
+    strides = []
+    for axis, name in enumerate(("height", "width")):
+        steps = grown[axis] - base[axis]
+        if steps <= 0 or _PROBE % steps:
+            raise ConversionError(f"convolutionalize: cannot measure the network's stride along the {name} (the "
+                                  f"output grid grew by {steps} rows for {_PROBE} more input rows); expected a "
+                                  f"total stride that divides {_PROBE}, convert this network by hand.")
+        strides.append(_PROBE // steps)
+    return strides[0], strides[1]
+
+
+def _self_check(classifier: nn.Module, body: fx.GraphModule, window: tuple[int, int], in_channels: int) -> int:
+    """Compare the FCN with the classifier on random windows; return the number of classes."""
+    x = torch.rand(2, in_channels, *window, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, found = classifier(x), body(x)
+    if found.shape != (*expected.shape, 1, 1):
+        raise ConversionError(f"convolutionalize: at input_size {window} the converted network gives shape "
+                              f"{tuple(found.shape)}, expected {(*expected.shape, 1, 1)}; the classifier has a layer "
+                              f"convolutionalize misreads, convert it by hand.")
+    diff = (found[:, :, 0, 0] - expected).abs().max().item()
+    if diff > 1e-4 * (1.0 + expected.abs().max().item()):
+        raise ConversionError(f"convolutionalize: at input_size {window} the converted network differs from the "
+                              f"classifier by {diff:.3g}, expected equal scores; the classifier reorders or mixes "
+                              f"features in a way convolutionalize misreads, convert it by hand.")
+    return expected.shape[1]
+
+
+def convolutionalize(classifier: nn.Module, *, input_size: Sequence[int], in_channels: int = 3
+                     ) -> ConvolutionalizedNet:
+    """Turn ``classifier`` ((N, C, H, W) -> (N, K) at ``input_size``) into an FCN: (N, C, H, W) -> (N, K, H', W').
+
+    The classifier is copied (never changed) and traced with torch.fx, so ``nn.Sequential`` models and functional
+    code (``F.relu``, ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``) both work. Shape propagation at
+    ``input_size`` gives the feature map (C, h, w) at the flatten; the first Linear becomes a Conv2d with kernel
+    (h, w) (weights reshaped in the flatten's C-major order), later Linears 1x1 convolutions; activations,
+    Dropout and BatchNorm1d (as BatchNorm2d) are carried over; a global average pool becomes an (h, w) average pool
+    with stride 1; an ``AdaptiveAvgPool2d`` that is the identity at ``input_size`` is removed. Zero padding in
+    the feature extractor gives a ``UserWarning``; a layer that cannot be converted a ``ConversionError``.
+
+    If the classifier has ``fcnkit_spec``, the result's spec adds ``"convolutionalized": {"input_size": [H, W]}``
+    so that a checkpoint rebuilds it. The result is in the classifier's train/eval mode.
+
+    >>> clf = nn.Sequential(nn.Conv2d(3, 4, 5), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+    >>> convolutionalize(clf, input_size=(8, 8))(torch.zeros(1, 3, 12, 10)).shape
+    torch.Size([1, 10, 5, 3])
+    """
+    window = _check_size(input_size)
+    if not isinstance(classifier, nn.Module):
+        raise InputError(f"convolutionalize(classifier=...): expected a torch.nn.Module, got "
+                         f"{type(classifier).__name__}; pass the classifier model.")
+    training = classifier.training
+    # Eval mode: shape propagation runs a batch of 2, which BatchNorm in training mode would update.
+    reference = copy.deepcopy(classifier).eval()
+    gm = trace(copy.deepcopy(reference))
+    x = torch.zeros(2, in_channels, *window, dtype=next(reference.parameters(), torch.zeros(())).dtype)
+    try:
+        ShapeProp(gm).propagate(x)
+    except Exception as exc:  # whatever the classifier raises for a wrong size or channel count
+        raise ConversionError(f"convolutionalize: the classifier fails on a (2, {in_channels}, {window[0]}, "
+                              f"{window[1]}) input ({type(exc).__name__}: {str(exc).splitlines()[0]}); pass the "
+                              f"input_size and in_channels it was trained on.") from exc
+    body = apply_plan(gm, analyze_graph(gm))
+    num_classes = _self_check(reference, body, window, in_channels)
+    stride = _grid_stride(body, window, in_channels)
+    fcn = ConvolutionalizedNet(body, window=window, stride=stride, num_classes=num_classes, in_channels=in_channels)
+    spec = getattr(classifier, "fcnkit_spec", None)
+    if spec is not None:
+        fcn.fcnkit_spec = {**spec, "convolutionalized": {"input_size": list(window)}}
+    return fcn.train(training)
