@@ -176,3 +176,14 @@ def test_global_avg_pool_head_any_size():
         y = head(x)
         assert y.shape == (2, 3)
         assert torch.allclose(y, head.score(x).mean(dim=(2, 3)), atol=1e-6)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import fcnkit.layers
+    import fcnkit.models.registry
+
+    for module in (fcnkit.layers, fcnkit.models.registry):
+        result = doctest.testmod(module, extraglobs={"torch": torch})
+        assert result.failed == 0 and result.attempted > 0, module.__name__

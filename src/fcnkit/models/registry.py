@@ -69,6 +69,7 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3, **options:
     (``"dense"``, ``"grid"`` or ``"classifier"``) and ``fcnkit_spec`` (the JSON-able arguments that rebuild it:
     ``build_model(**model.fcnkit_spec)``).
 
+    >>> from fcnkit.models import build_model  # importing the package registers every model
     >>> build_model("unet", num_classes=2, width=0.125).output_kind
     'dense'
     """
