@@ -61,6 +61,22 @@ def check_split(split: str) -> str:
     return split
 
 
+def check_pair(image: np.ndarray, label: np.ndarray, mask_path: Any, num_classes: int) -> None:
+    """Raise DataError unless ``label`` has ``image``'s size and holds only ``0..num_classes-1`` and 255."""
+    if label.shape != image.shape[:2]:
+        raise DataError(
+            f"mask {mask_path} is {label.shape[1]}x{label.shape[0]} pixels but its image is "
+            f"{image.shape[1]}x{image.shape[0]}; save each mask at its image's size."
+        )
+    bad = (label >= num_classes) & (label != 255)
+    if bad.any():
+        values = np.unique(label[bad]).tolist()[:5]
+        raise DataError(
+            f"mask {mask_path} holds values {values}, expected class indices 0-{num_classes - 1} or 255 (ignore); "
+            f"check --num-classes or map those values to classes or to 255."
+        )
+
+
 def open_dataset(spec: str, *, split: str = "train", num_classes: int | None = None, **options: Any):
     """Open the dataset that ``spec`` names, for ``split`` ("train" or "val").
 

@@ -1,0 +1,100 @@
+"""Your own images and masks: ``folder:ROOT``.
+
+Layout::
+
+    ROOT/images/<stem>.png|.jpg|.jpeg|.tif|.tiff     the photos (any size, grey or colour)
+    ROOT/masks/<stem>.png|.tif|.tiff                  class indices 0..K-1, 255 = ignore, same size as the image
+
+or, to keep training and validation apart, the same two folders under ``ROOT/train/`` and ``ROOT/val/``. When
+``ROOT/train`` and ``ROOT/val`` both exist each split reads its own; otherwise both splits read ``ROOT/images`` and
+``ROOT/masks`` (validating on the training images — fine for a first look, not for a score to report).
+The number of classes cannot be read from the masks reliably, so it is given (``--num-classes``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fcnkit.data import check_pair, check_split, voc_palette
+from fcnkit.errors import DataError
+from fcnkit.io import read_image
+
+__all__ = ["FolderDataset", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in files:
+            raise DataError(
+                f"{files[path.stem].name} and {path.name} in {folder} share the stem {path.stem!r}; keep one file "
+                f"per stem so each image pairs with exactly one mask."
+            )
+        files[path.stem] = path
+    return files
+
+
+def _names(stems: list[str]) -> str:
+    return ", ".join(stems[:5]) + (f" and {len(stems) - 5} more" if len(stems) > 5 else "")
+
+
+class FolderDataset:
+    """Pairs ``images/<stem>.*`` with ``masks/<stem>.*`` (see the module docstring for the layout and splits)."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", *, num_classes: int | None = None) -> None:
+        self.split = check_split(split)
+        if num_classes is None or int(num_classes) < 1 or int(num_classes) > 255:
+            raise DataError(
+                f"folder:{root} needs the number of classes (1-255), got {num_classes!r}; pass --num-classes K "
+                f"(num_classes=K), K = the largest class index in the masks + 1."
+            )
+        self.num_classes = int(num_classes)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"folder root {self.root} is not a folder; expected folder:ROOT with ROOT/images and ROOT/masks.")
+        split_root = self.root / split if (self.root / "train").is_dir() and (self.root / "val").is_dir() else self.root
+        image_dir, mask_dir = split_root / "images", split_root / "masks"
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                raise DataError(
+                    f"{folder} does not exist; folder:ROOT expects ROOT/images and ROOT/masks (or both under "
+                    f"ROOT/train and ROOT/val) with one mask per image, same file stem."
+                )
+        images, masks = _by_stem(image_dir), _by_stem(mask_dir)
+        if not images:
+            raise DataError(
+                f"{image_dir} holds no images; expected files ending in {', '.join(IMAGE_SUFFIXES)} — add images "
+                f"or point folder:ROOT at the right folder."
+            )
+        lonely_images = sorted(set(images) - set(masks))
+        lonely_masks = sorted(set(masks) - set(images))
+        if lonely_images or lonely_masks:
+            parts = []
+            if lonely_images:
+                parts.append(f"images without a mask in {mask_dir}: {_names([images[s].name for s in lonely_images])}")
+            if lonely_masks:
+                parts.append(f"masks without an image in {image_dir}: {_names([masks[s].name for s in lonely_masks])}")
+            raise DataError(f"{'; '.join(parts)}; every image needs a mask with the same file stem, and vice versa.")
+        self.items = [(images[stem], masks[stem]) for stem in sorted(images)]
+        self.class_names = [str(k) for k in range(self.num_classes)]
+        self.palette = voc_palette(self.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, mask_path = self.items[index]
+        image = read_image(image_path, mode="rgb")
+        label = read_image(mask_path, mode="label")
+        check_pair(image, label, mask_path, self.num_classes)
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"FolderDataset(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"
