@@ -1,0 +1,209 @@
+"""Where the tiles go and how big they are: the exact-tiling rule of DESIGN.md, and the memory model.
+
+Exact tiling, per axis: output rows ``[a, b)`` read input rows ``[a·s − lo, b·s + hi)`` clipped to the image, with
+tile origins ``a·s`` multiples of D (= ``input_multiple``) and ``lo``/``hi`` multiples of D. A "same" network has
+``lo = hi = halo``; a "valid" network sees ``[i·s, i·s + RF)`` for output ``i``, so ``lo = 0`` and
+``hi = RF − s`` (rounded up to D). The window is then zero padded bottom/right to a multiple of D, exactly as the
+whole-image run pads the image, and row ``j`` of the tile's output is global output row ``read_start/s + j``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from fcnkit.errors import InputError
+
+# Largest number of tiles per axis the planner considers: beyond that, tiles are so small that halo dominates.
+_MAX_SPLITS = 4096
+# Fraction of the memory budget the tiles may take; the rest covers the read-ahead queue, the writer and numpy copies.
+_TILE_SHARE = 0.7
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a plan. Rows/cols are ``(start, stop)`` pairs.
+
+    ``out``: the output region it produces (output pixels); ``read``: the input window it reads (input pixels,
+    clipped to the image); ``keep``: the part of the tile's own output that is ``out``; ``padded``: the tensor's
+    (H, W) after zero padding the window to a multiple of D. ``id`` is stable for a given layout (see ``tile_id``).
+    """
+
+    id: int
+    out: tuple[tuple[int, int], tuple[int, int]]
+    read: tuple[tuple[int, int], tuple[int, int]]
+    keep: tuple[tuple[int, int], tuple[int, int]]
+    padded: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Margins:
+    """The tiling geometry reduced to what the planner needs (input pixels; ``lo``/``hi`` already multiples of D)."""
+
+    multiple: int
+    stride: int
+    lo: int
+    hi: int
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _axis(n_in: int, n_out: int, t_out: int, m: Margins) -> list[tuple[tuple[int, int], tuple[int, int],
+                                                                    tuple[int, int], int]]:
+    """Per axis: ``(out, read, keep, padded_len)`` for each tile of ``t_out`` output pixels."""
+    s = m.stride
+    spans = []
+    for a in range(0, n_out, t_out):
+        b = min(a + t_out, n_out)
+        r0 = max(0, a * s - m.lo)
+        r1 = min(n_in, b * s + m.hi)
+        spans.append(((a, b), (r0, r1), (a - r0 // s, b - r0 // s), round_up(r1 - r0, m.multiple)))
+    return spans
+
+
+def tile_id(index: int, t_out: tuple[int, int]) -> int:
+    """A tile's id: its index in the plan, folded with the tile size.
+
+    A resumed run that picked another tile size then finds none of its ids in the journal and recomputes
+    everything, instead of skipping the wrong regions. Fits in 62 bits (tile sides < 2^20, < 2^22 tiles).
+    """
+    return ((index * (1 << 20)) + t_out[0]) * (1 << 20) + t_out[1]
+
+
+def plan_axis_tiles(in_shape: tuple[int, int], out_shape: tuple[int, int], margins: Margins,
+                    tile: tuple[int, int]) -> list[Tile]:
+    """All tiles, row-major. ``tile`` is in input pixels, each side a multiple of ``margins.multiple``."""
+    t_out = (tile[0] // margins.stride, tile[1] // margins.stride)
+    rows = _axis(in_shape[0], out_shape[0], t_out[0], margins)
+    cols = _axis(in_shape[1], out_shape[1], t_out[1], margins)
+    tiles = []
+    for i, (oy, ry, ky, py) in enumerate(rows):
+        for j, (ox, rx, kx, px) in enumerate(cols):
+            index = i * len(cols) + j
+            tiles.append(Tile(tile_id(index, t_out), (oy, ox), (ry, rx), (ky, kx), (py, px)))
+    return tiles
+
+
+# ---- memory model -------------------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_memory(value: int | float | str, name: str = "memory_limit") -> int:
+    """``4GB``, ``512MiB``, ``1.5g`` or a number of bytes -> bytes. Binary units (a GB is 2^30 bytes)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise InputError(f"{name}={value!r} is not a memory size; expected bytes or a number with a unit such as "
+                             f"'4GB' or '512MB'.")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * _UNITS[unit])
+    if size <= 0:
+        raise InputError(f"{name}={value!r} must be a positive memory size such as '4GB'.")
+    return size
+
+
+def default_memory_limit(device: torch.device) -> int:
+    """A quarter of what is free now: other processes (and the output writer) need the rest."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    import psutil
+
+    return int(psutil.virtual_memory().available * 0.25)
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Counts the bytes of tensors alive during a forward pass and keeps the peak.
+
+    Every aten op's outputs are seen here; a new storage is added when created and subtracted when its tensor is
+    freed. This measures what the forward pass itself allocates, on any device, without a device-specific profiler.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.now = 0
+        self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.now -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for t in tree_leaves(result):
+            if isinstance(t, torch.Tensor):
+                key = t.untyped_storage().data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = t.untyped_storage().nbytes()
+                    self.now += self.live[key]
+                    self.peak = max(self.peak, self.now)
+                    weakref.finalize(t, self._free, key)
+        return result
+
+
+_COST_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def activation_bytes_per_pixel(model: torch.nn.Module, channels: int, multiple: int, device: torch.device,
+                               memory_format: torch.memory_format) -> float:
+    """Peak bytes the forward pass holds, per input pixel, measured once on a small input and cached per model."""
+    key = (channels, str(device), str(memory_format))
+    cached = _COST_CACHE.setdefault(model, {})
+    if key not in cached:
+        side = round_up(max(128, 4 * multiple), multiple)
+        x = torch.zeros(1, channels, side, side, device=device).contiguous(memory_format=memory_format)
+        meter = _LiveBytes()
+        with torch.inference_mode(), meter:
+            y = model(x)
+            del y
+        cached[key] = meter.peak / (side * side)
+    return cached[key]
+
+
+def choose_tile(in_shape: tuple[int, int], out_shape: tuple[int, int], margins: Margins, *, bytes_per_pixel: float,
+                budget: int, batch_size: int) -> tuple[int, int]:
+    """The tile (input pixels, multiples of D) that needs the least computation, halo included, within ``budget``.
+
+    ``bytes_per_pixel`` is the cost of one padded input pixel in flight (activations, input, output). Larger tiles
+    amortise the halo ((T+2h)²/T² extra work), so the best is usually the largest that fits; the number of tiles per
+    axis is chosen first and the tiles are then balanced, so no thin strip is left at the edge.
+    """
+    per_tile = budget * _TILE_SHARE / (batch_size * bytes_per_pixel)  # padded pixels one tile may have
+    axes = []
+    for n_in, n_out in zip(in_shape, out_shape):
+        options = []  # (max padded extent, total padded extent, tile side) for 1, 2, ... splits
+        for splits in range(1, min(_MAX_SPLITS, max(1, -(-n_out * margins.stride // margins.multiple))) + 1):
+            side = round_up(-(-n_out // splits) * margins.stride, margins.multiple)
+            if options and side == options[-1][2]:
+                continue
+            spans = _axis(n_in, n_out, side // margins.stride, margins)
+            extents = [p for *_, p in spans]
+            options.append((max(extents), sum(extents), side))
+            if max(extents) ** 2 <= per_tile:  # no larger split count can be needed on this axis
+                break
+        axes.append(options)
+    best = None
+    for ey, sy, ty in axes[0]:
+        for ex, sx, tx in axes[1]:
+            if ey * ex <= per_tile:
+                cost = (sy * sx, -ty * tx)  # least work, then the fewest tiles
+                if best is None or cost < best[0]:
+                    best = (cost, (ty, tx))
+                break  # more splits along x only add halo
+    if best is None:
+        smallest = axes[0][-1][0] * axes[1][-1][0] * batch_size * bytes_per_pixel / _TILE_SHARE
+        raise InputError(f"memory_limit={budget} bytes is too small for even the smallest tile of this model "
+                         f"(about {smallest / 2**20:.0f} MiB); raise memory_limit or pass tile= explicitly.")
+    return best[1]
