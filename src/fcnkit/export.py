@@ -1,0 +1,303 @@
+"""Export a model to ONNX, TorchScript or safetensors, and read safetensors back.
+
+ONNX and TorchScript files take any batch size, height and width (for dense and heat-map models; a fixed-window
+classifier keeps its window size). Both are checked before they are written: the exported model must equal the
+PyTorch model at a size other than the one it was exported at (max |difference| within ``TOLERANCE``), so a file that
+silently froze the padding arithmetic of one size is never handed out.
+
+safetensors holds the weights only (no pickle, no code) and, in its metadata header, the JSON model spec from
+``model.fcnkit_spec`` so :func:`load_safetensors` can rebuild the model.
+
+Every file is written to a temporary name in the target folder and renamed into place, so a failed export never
+leaves a half-written file.
+
+Example::
+
+    export_onnx(model, "fcn8s.onnx")                   # inputs (N, 3, H, W) float32 -> (N, K, H, W)
+    export_torchscript(model, "fcn8s.pt")
+    export_safetensors(model, "fcn8s.safetensors")
+    model = load_safetensors("fcn8s.safetensors")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fcnkit.errors import CheckpointError, ModelError, OutputError
+
+TOLERANCE = 1e-3
+SAFETENSORS_FORMAT = "fcnkit-safetensors"
+SAFETENSORS_VERSION = "1"
+INPUT_NAME, OUTPUT_NAME = "image", "output"
+
+
+@contextlib.contextmanager
+def _atomic_target(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    if path.exists() and (not overwrite or path.is_dir()):
+        raise OutputError(f"output '{path}': expected a new file, found an existing "
+                          f"{'folder' if path.is_dir() else 'file'}; choose another path or pass --overwrite.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"output '{path}': expected a writable folder, found {exc.strerror.lower()}; "
+                          f"choose a folder you can write to.") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's notes that do not concern fcnkit users (missing torchvision ops, tracer hints)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _prepare(model: nn.Module, in_channels: int, sample_size) -> tuple[nn.Module, bool, tuple[int, int]]:
+    """Eval mode on CPU; whether H and W may vary; the size to export at (a classifier's own window)."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model: expected a torch.nn.Module, found {type(model).__name__}; "
+                         f"load one with fcnkit.load_checkpoint(path).")
+    fixed = getattr(model, "input_size", None) if getattr(model, "output_kind", "dense") == "classifier" else None
+    size = tuple(int(v) for v in (fixed or sample_size))
+    if len(size) != 2 or min(size) < 1:
+        raise ModelError(f"sample_size: expected (H, W) with positive sides, found {sample_size!r}; "
+                         f"pass e.g. (64, 64).")
+    if fixed is None:
+        # Export records a Python `if` as the branch it took; at odd sides padding to any power-of-two multiple is
+        # always needed, so the recorded graph is the padding one, which is also right (pads 0) at any other size.
+        size = (size[0] | 1, size[1] | 1)
+    return model.eval().cpu(), fixed is None, size
+
+
+def _probe_sizes(size: tuple[int, int], dynamic: bool) -> list[tuple[int, int]]:
+    """Sizes to compare exported and PyTorch outputs at: the export size and, for any-size models, two others
+    one with even and odd sides, one whose sides are multiples of 64 (so no padding is needed at all)."""
+    if not dynamic:
+        return [size]
+    h, w = size
+    return [size, (h + 3, w + 28), (64 * (h // 64 + 1), 64 * (w // 64 + 1))]
+
+
+def _check_close(name: str, run, model: nn.Module, in_channels: int, sizes) -> float:
+    """Run the exported model and ``model`` on the same random batch at every size; return the max |difference|."""
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for h, w in sizes:
+        x = torch.rand(2, in_channels, h, w, generator=generator) * 255
+        with torch.no_grad():
+            expected = model(x).numpy()
+        try:
+            got = np.asarray(run(x))
+        except Exception as exc:  # a runtime refusing a shape is exactly what this check exists to catch
+            raise ModelError(f"{name} export: expected the exported model to run at {h}x{w}, found an error "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); the model's forward "
+                             f"uses size-dependent Python logic that export froze, make it shape-arithmetic only.")
+        if got.shape != expected.shape:
+            raise ModelError(f"{name} export: expected output shape {expected.shape} at {h}x{w}, found {got.shape}; "
+                             f"the model's forward uses size-dependent Python logic that export froze.")
+        worst = max(worst, float(np.abs(got - expected).max()) if got.size else 0.0)
+    if worst > TOLERANCE:
+        raise ModelError(f"{name} export: expected outputs equal to PyTorch within {TOLERANCE:g}, found max "
+                         f"|difference| {worst:.3g} at sizes {list(sizes)}; the model cannot be exported faithfully.")
+    return worst
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, in_channels: int = 3,
+                sample_size: tuple[int, int] = (64, 64), opset: int | None = None, overwrite: bool = True) -> float:
+    """Write ``model`` as ONNX with dynamic batch, height and width; return the checked max |difference|.
+
+    Input ``image``: float32 (N, in_channels, H, W) raw values (the model's own Normalize is inside); output
+    ``output``: (N, K, H, W) for dense models, (N, K, H/s, W/s) for heat-map grids, (N, K) for classifiers (whose H, W
+    stay at ``model.input_size``). The file is checked with onnxruntime at three sizes before it is moved into place.
+    """
+    model, dynamic, size = _prepare(model, in_channels, sample_size)
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelError("ONNX export: expected onnx, onnxscript and onnxruntime to be installed, found them "
+                         "missing; install them with `pip install fcnkit[export]`.") from None
+    # Dim.AUTO, not named Dims: the solver cannot state the facts that padding to a multiple implies (Hp/32*2 ==
+    # Hp/16) as constraints on a named Dim and fails; AUTO accepts them. Whatever it froze, _named_axes and
+    # _check_close catch.
+    auto = torch.export.Dim.AUTO
+    axes = {0: auto, 2: auto, 3: auto} if dynamic else {0: auto}
+    # A batch of 2 at export time: torch.export specialises dimensions it sees as 0 or 1.
+    x = torch.zeros(2, in_channels, *size)
+    with _atomic_target(path, overwrite=overwrite) as tmp, _quiet_exporter():
+        try:
+            program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=(axes,),
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        opset_version=opset, external_data=False, verbose=False)
+        except Exception as exc:  # torch.export reports unsupported code as many different exception types
+            raise ModelError(
+                f"ONNX export of {type(model).__name__}: expected a model torch.export can trace with dynamic "
+                f"{'batch, height and width' if dynamic else 'batch'}, found {type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:300]}; keep the forward free of data-dependent Python control flow."
+            ) from None
+        program.save(str(tmp))
+        _named_axes(tmp, ("batch", "channels", "height", "width") if dynamic else ("batch",))
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        worst = _check_close("ONNX", lambda t: session.run(None, {INPUT_NAME: t.numpy()})[0],
+                             model, in_channels, _probe_sizes(size, dynamic))
+    return worst
+
+
+def _named_axes(path: Path, names: tuple[str, ...]) -> None:
+    """Rename the exporter's symbolic dimensions (``s77``) of the input to ``batch``/``height``/``width`` in the whole
+    graph, and refuse the file if one of them was frozen to a number."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    rename = {}
+    for dim, name in zip(dims, names):
+        if name == "channels":
+            continue
+        if not dim.dim_param:
+            raise ModelError(f"ONNX export: expected a dynamic {name} axis, found it fixed to {dim.dim_value}; the "
+                             f"model's forward uses size-dependent Python logic, make it shape-arithmetic only.")
+        rename[dim.dim_param] = name
+    for info in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+    onnx.save(proto, str(path))
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, *, in_channels: int = 3,
+                       sample_size: tuple[int, int] = (64, 64), overwrite: bool = True) -> float:
+    """Write ``model`` as TorchScript (``torch.jit.load``-able) for any batch, height and width; return the checked
+    max |difference|.
+
+    fcnkit's models are traced, not scripted (their input checks are plain Python). Tracing records the shape
+    arithmetic of the padding to a multiple; the trace is taken at ``sample_size`` made odd on both sides (see
+    :func:`_prepare`) and then checked at two other sizes.
+    """
+    model, dynamic, size = _prepare(model, in_channels, sample_size)
+    x = torch.zeros(1, in_channels, *size)
+    with _atomic_target(path, overwrite=overwrite) as tmp, _quiet_exporter():
+        try:
+            traced = torch.jit.trace(model, (x,), check_trace=False)
+        except Exception as exc:  # the tracer reports unsupported code as many different exception types
+            raise ModelError(f"TorchScript export of {type(model).__name__}: expected a traceable model, found "
+                             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}; export to ONNX "
+                             f"instead, or make the forward traceable.") from None
+        worst = _check_close("TorchScript", lambda t: traced(t).detach().numpy(), model, in_channels,
+                             _probe_sizes(size, dynamic))
+        torch.jit.save(traced, str(tmp))
+    return worst
+
+
+def export_safetensors(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Write the weights of an fcnkit model as safetensors, with the model spec in the metadata header; return path.
+
+    Metadata (all JSON strings): ``format``, ``version``, ``model`` (``model.fcnkit_spec``), ``class_names`` and
+    ``palette`` (from ``model.fcnkit_meta`` when the model came from a checkpoint).
+    """
+    from safetensors.torch import save
+
+    spec = getattr(model, "fcnkit_spec", None)
+    if not isinstance(spec, dict):
+        raise ModelError(f"safetensors export: expected an fcnkit model with `fcnkit_spec`, found a plain "
+                         f"{type(model).__name__}; build it with fcnkit.build_model so the file can rebuild it.")
+    meta = getattr(model, "fcnkit_meta", None) or {}
+    palette = meta.get("palette")
+    header = {
+        "format": SAFETENSORS_FORMAT,
+        "version": SAFETENSORS_VERSION,
+        "model": json.dumps(spec),
+        "class_names": json.dumps(meta.get("class_names")),
+        "palette": json.dumps(np.asarray(palette).tolist() if palette is not None else None),
+    }
+    # safetensors refuses tensors that share memory (tied weights, views): store an independent copy of each.
+    inner = getattr(model, "module", model)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in inner.state_dict().items()}
+    data = save(tensors, metadata=header)
+    with _atomic_target(path, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def import_safetensors(path: str | os.PathLike) -> dict:
+    """Read a file written by :func:`export_safetensors`: ``{"model": spec, "state_dict", "class_names",
+    "palette"}`` (the same keys as a checkpoint dict). Only tensors and JSON are read; nothing is executed."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"safetensors file '{path}': expected a file written by `fcnkit export --format "
+                              f"safetensors`, found {'a folder' if path.is_dir() else 'nothing'}; check the path.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        state_dict = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"safetensors file '{path}': expected a complete safetensors file, found one that "
+                              f"cannot be read ({str(exc).splitlines()[0][:200]}); export it again.") from None
+    if header.get("format") != SAFETENSORS_FORMAT:
+        raise CheckpointError(f"safetensors file '{path}': expected fcnkit metadata (format "
+                              f"'{SAFETENSORS_FORMAT}'), found format {header.get('format')!r}; export it with "
+                              f"`fcnkit export --format safetensors` (plain weight files have no model spec).")
+    if header.get("version") != SAFETENSORS_VERSION:
+        raise CheckpointError(f"safetensors file '{path}': expected version {SAFETENSORS_VERSION}, found "
+                              f"{header.get('version')!r}; use the fcnkit version that wrote it.")
+    try:
+        spec = json.loads(header["model"])
+        class_names = json.loads(header.get("class_names", "null"))
+        palette = json.loads(header.get("palette", "null"))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"safetensors file '{path}': expected JSON model metadata, found it damaged "
+                              f"({exc}); export it again.") from None
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"safetensors file '{path}': expected a model spec object, found "
+                              f"{type(spec).__name__}; export it again.")
+    return {"model": spec, "state_dict": state_dict, "class_names": class_names, "palette": palette}
+
+
+def load_safetensors(path: str | os.PathLike) -> nn.Module:
+    """Rebuild the model of a safetensors file (architecture from its metadata, weights strictly), in eval mode,
+    with ``model.fcnkit_meta`` like :func:`fcnkit.checkpoint.load_checkpoint` gives."""
+    from fcnkit.checkpoint import build_from_spec, load_state_strict
+
+    data = import_safetensors(path)
+    source = f"safetensors file '{path}'"
+    model = build_from_spec(data["model"], source=source)
+    load_state_strict(model, data["state_dict"], source=source)
+    palette = data["palette"]
+    model.fcnkit_meta = {
+        "class_names": data["class_names"],
+        "palette": np.asarray(palette, dtype=np.uint8) if palette is not None else None,
+        "geometry": None,
+        "step": None,
+        "metrics": None,
+    }
+    return model.eval()
