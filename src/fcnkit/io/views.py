@@ -17,13 +17,14 @@ from fcnkit.errors import InputError
 _ROW = {"y", "Y"}
 _COL = {"x", "X"}
 _CHANNEL = {"c", "C", "s", "S"}
+_NEVER_CHANNEL = {"t", "T", "z", "Z"}  # time and depth are never taken as channels
 
 
 def axes_to_yxc(axes: Sequence[str], shape: Sequence[int], source: str) -> tuple[int, int, int | None]:
     """Find the row, column and (optional) channel axes among ``axes``; every other axis must have size 1.
 
-    An unnamed extra axis (tifffile's 'I' or 'Q' for a page stack) of size > 1 is taken as the channels when no
-    channel axis is named. Returns the positions ``(y, x, c)`` with ``c=None`` for a single-channel image.
+    A generic extra axis (tifffile's 'I' or 'Q' for a page stack, not time or z) of size > 1 is taken as the
+    channels when no channel axis is named. Returns the positions ``(y, x, c)`` with ``c=None`` for a single-channel image.
     """
     names = list(axes)
     found = {"y": None, "x": None, "c": None}
@@ -34,7 +35,7 @@ def axes_to_yxc(axes: Sequence[str], shape: Sequence[int], source: str) -> tuple
             found[key] = i
         elif shape[i] != 1:
             extra.append(i)
-    if found["c"] is None and len(extra) == 1:
+    if found["c"] is None and len(extra) == 1 and names[extra[0]] not in _NEVER_CHANNEL:
         found["c"] = extra.pop()
     if found["y"] is None or found["x"] is None or extra:
         described = ", ".join(f"{n}={s}" for n, s in zip(names, shape))

@@ -1,0 +1,102 @@
+"""OME-Zarr: reading images (NGFF 0.4 and 0.5) and writing label / probability pyramids with NGFF metadata."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from fcnkit.errors import InputError
+from fcnkit.io import create_output, open_image
+from fcnkit.io.ome_zarr import level_shapes
+
+
+def _axes(names: str) -> list[dict]:
+    kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    return [{"name": n, "type": kinds[n]} for n in names]
+
+
+def _write_ome(path, data: np.ndarray, axes: str, *, version: str) -> None:
+    zarr_format = 3 if version == "0.5" else 2
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    group.create_array("s0", data=data, chunks=tuple(min(n, 16) for n in data.shape))
+    multiscale = {"axes": _axes(axes), "datasets": [{"path": "s0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0] * data.ndim}]}]}
+    if version == "0.5":
+        group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale]}
+    else:
+        group.attrs["multiscales"] = [{"version": "0.4", **multiscale}]
+
+
+def test_read_ome_zarr_05_tczyx_with_singletons(tmp_path):
+    image = (np.arange(2 * 40 * 30) % 250).astype(np.uint16).reshape(2, 40, 30)
+    _write_ome(tmp_path / "i.ome.zarr", image[None, :, None], "tczyx", version="0.5")
+    img = open_image(tmp_path / "i.ome.zarr")
+    assert img.shape == (40, 30, 2) and img.dtype == np.uint16
+    np.testing.assert_array_equal(img[5:33, 1:29], np.moveaxis(image, 0, 2)[5:33, 1:29])
+
+
+def test_read_ome_zarr_04_cyx(tmp_path):
+    image = (np.arange(3 * 20 * 25) % 250).astype(np.uint8).reshape(3, 20, 25)
+    _write_ome(tmp_path / "i.zarr", image, "cyx", version="0.4")
+    img = open_image(tmp_path / "i.zarr")
+    assert img.shape == (20, 25, 3)
+    np.testing.assert_array_equal(img[:, :], np.moveaxis(image, 0, 2))
+
+
+def test_read_ome_zarr_refuses_a_real_z_stack(tmp_path):
+    _write_ome(tmp_path / "z.ome.zarr", np.zeros((4, 8, 8), np.uint8), "zyx", version="0.5")
+    with pytest.raises(InputError, match=r"z\.ome\.zarr/s0 has axes \(z=4, y=8, x=8\); expected a 2-D image"):
+        open_image(tmp_path / "z.ome.zarr")
+
+
+def test_level_shapes_stop_under_256_or_one_chunk():
+    assert level_shapes((1100, 1030), (256, 256)) == [(1100, 1030), (550, 515), (275, 258), (138, 129)]
+    assert level_shapes((1000, 1000), (512, 512)) == [(1000, 1000), (500, 500)]
+    assert level_shapes((300, 3000), (512, 512)) == [(300, 3000), (150, 1500)]
+    assert level_shapes((200, 200), (64, 64)) == [(200, 200)]
+
+
+def test_label_output_pyramid_and_metadata(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, size=(1100, 1030), dtype=np.uint8)
+    palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
+    target = tmp_path / "pred.ome.zarr"
+    with create_output(target, labels.shape, np.uint8, chunks=256, palette=palette,
+                       metadata={"model": "unet"}) as out:
+        for y in range(0, 1100, 300):  # row bands that do not align with the 256-row chunks
+            out[y : y + 300, :] = labels[y : y + 300]
+    meta = json.loads((target / "zarr.json").read_text())
+    assert meta["node_type"] == "group" and meta["zarr_format"] == 3
+    ome = meta["attributes"]["ome"]
+    assert ome["version"] == "0.5"
+    (multiscale,) = ome["multiscales"]
+    assert multiscale["axes"] == [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    assert [d["path"] for d in multiscale["datasets"]] == ["0", "1", "2", "3"]
+    assert multiscale["datasets"][2]["coordinateTransformations"] == [{"type": "scale", "scale": [4.0, 4.0]}]
+    assert ome["image-label"]["colors"][1] == {"label-value": 1, "rgba": [255, 0, 0, 255]}
+    assert meta["attributes"]["fcnkit"] == {"model": "unet", "palette": palette}
+    group = zarr.open_group(str(target), mode="r")
+    for level in range(4):
+        array = group[str(level)]
+        assert array.metadata.dimension_names == ("y", "x")
+        np.testing.assert_array_equal(array[:], labels[:: 2**level, :: 2**level])  # nearest neighbour
+    assert not (tmp_path / "pred.ome.zarr.partial").exists() and not (tmp_path / "pred.ome.zarr.journal").exists()
+    np.testing.assert_array_equal(open_image(target)[:, :, 0], labels)
+
+
+def test_probability_output_is_stored_cyx(tmp_path):
+    probs = np.random.default_rng(2).random((300, 280, 3), dtype=np.float32)
+    target = tmp_path / "p.ome.zarr"
+    with create_output(target, probs.shape, np.float32, kind="image", chunks=128) as out:
+        out[0:300, 0:100] = probs[:, :100]
+        out[0:300, 100:280] = probs[:, 100:]
+    ome = zarr.open_group(str(target), mode="r").attrs["ome"]
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["c", "y", "x"]
+    assert "image-label" not in ome
+    assert ome["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 2.0]
+    level1 = zarr.open_array(str(target / "1"), mode="r")
+    np.testing.assert_array_equal(level1[:], np.moveaxis(probs[::2, ::2], 2, 0))
+    np.testing.assert_array_equal(open_image(target)[10:200, 5:6], probs[10:200, 5:6])
