@@ -79,7 +79,8 @@ def test_bad_scene_arguments_raise():
 
 
 def test_unknown_scheme_lists_the_valid_ones():
-    with pytest.raises(DataError, match=r"unknown data spec 'imagenet:/x'; expected one of scenes, voc:ROOT, folder:ROOT"):
+    expected = r"unknown data spec 'imagenet:/x'; expected one of scenes, voc:ROOT, folder:ROOT"
+    with pytest.raises(DataError, match=expected):
         open_dataset("imagenet:/x")
     with pytest.raises(DataError, match="unknown data spec 'voc'"):
         open_dataset("voc")

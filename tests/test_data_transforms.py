@@ -94,5 +94,6 @@ def test_scale_jitter_zooms_image_and_label_alike():
 
 
 def test_mismatched_pair_raises():
-    with pytest.raises(DataError, match=r"expected an \(H, W, 3\) image with an \(H, W\) label, got \(4, 4, 3\) and \(4, 5\)"):
+    expected = r"expected an \(H, W, 3\) image with an \(H, W\) label, got \(4, 4, 3\) and \(4, 5\)"
+    with pytest.raises(DataError, match=expected):
         random_patch(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), np.uint8), (2, 2), np.random.default_rng(0))

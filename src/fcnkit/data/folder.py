@@ -58,7 +58,9 @@ class FolderDataset:
         self.num_classes = int(num_classes)
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DataError(f"folder root {self.root} is not a folder; expected folder:ROOT with ROOT/images and ROOT/masks.")
+            raise DataError(
+                f"folder root {self.root} is not a folder; expected folder:ROOT with ROOT/images and ROOT/masks."
+            )
         split_root = self.root / split if (self.root / "train").is_dir() and (self.root / "val").is_dir() else self.root
         image_dir, mask_dir = split_root / "images", split_root / "masks"
         for folder in (image_dir, mask_dir):

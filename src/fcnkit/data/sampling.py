@@ -105,7 +105,9 @@ class PatchSampler:
             yield self.sample(n)
             n += 1
 
-    def batch(self, batch_size: int, step: int, *, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, batch_size: int, step: int, *, rank: int = 0, world_size: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``step`` for process ``rank`` of ``world_size``: images ``(B, 3, h, w)`` float32 in 0–255 and
         labels ``(B, h, w)`` int64 (255 = ignore)."""
         if batch_size < 1 or step < 0 or not 0 <= rank < world_size:
