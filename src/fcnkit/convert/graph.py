@@ -218,6 +218,12 @@ def _sliding_pool(kind: type[nn.Module], size: tuple[int, int]) -> nn.Module:
 def analyze_graph(gm: fx.GraphModule) -> _Plan:
     """Give every node a kind and plan the rewrites; raise ConversionError for what cannot be converted."""
     plan = _Plan()
+    for node in gm.graph.nodes:  # name a recurrent or attention layer first, not the reshape that feeds it
+        if node.op == "call_module":
+            m = gm.get_submodule(node.target)
+            for cls, why in _NON_LOCAL.items():
+                if isinstance(m, cls):
+                    raise _fail(node, gm, why, "remove it, or convert the network by hand")
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             plan.kinds[node] = "feat"
@@ -230,11 +236,6 @@ def analyze_graph(gm: fx.GraphModule) -> _Plan:
         if node.op == "output":
             _check_output(node, gm, plan)
             continue
-        if node.op == "call_module":
-            m = gm.get_submodule(node.target)
-            for cls, why in _NON_LOCAL.items():
-                if isinstance(m, cls):
-                    raise _fail(node, gm, why, "remove it, or convert the network by hand")
         shape = _shape(node)
         if shape is None:  # sizes, tuples: bookkeeping values, no tensor of their own
             plan.kinds[node] = "scalar"
@@ -325,6 +326,11 @@ def _head_node(node: fx.Node, gm: fx.GraphModule, plan: _Plan, source: fx.Node, 
                         "put it after the first Linear, where it normalises channels")
         plan.modules[node.target] = _batchnorm2d_from_1d(module)
         return "vec"
+    if _is_flatten(node, gm) and _shape(node) == _shape(source):  # x.view(N, -1) of a vector: a no-op
+        plan.remove.append(node)
+        if kind == "flat":
+            plan.feature_shape[node] = plan.feature_shape[source]
+        return kind
     dim = _softmax_dim(node, gm)
     if dim is not ...:
         if kind == "flat":
