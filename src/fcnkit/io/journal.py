@@ -32,7 +32,7 @@ class Journal:
     def create(cls, path: Path, fingerprint: dict[str, Any]) -> Journal:
         """Start a new journal holding only the fingerprint (written atomically, so it is never torn)."""
         with atomic_file(path, "w") as f:
-            f.write(json.dumps({"format": _FORMAT, "version": 1, **fingerprint}) + "\n")
+            f.write(json.dumps({"format": _FORMAT, "version": 1, "fingerprint": fingerprint}) + "\n")
         return cls(path, fingerprint, set())
 
     @classmethod
@@ -43,15 +43,14 @@ class Journal:
         lines.pop()  # the text after the last newline: empty, or an id torn by a crash
         try:
             header = json.loads(lines[0])
-            if header.get("format") != _FORMAT:
+            if header.get("format") != _FORMAT or not isinstance(header.get("fingerprint"), dict):
                 raise ValueError("not an fcnkit journal")
             done = {int(line) for line in lines[1:]}
         except (ValueError, IndexError) as exc:
             raise OutputError(
                 f"resume journal {path} is corrupted ({exc}); pass --overwrite to start the output again"
             ) from exc
-        fingerprint = {k: v for k, v in header.items() if k not in ("format", "version")}
-        return cls(path, fingerprint, done)
+        return cls(path, header["fingerprint"], done)
 
     def append(self, tile_id: int) -> None:
         """Record ``tile_id`` as finished: one append, then fsync."""

@@ -109,8 +109,10 @@ class Output:
     def __setitem__(self, key: Any, value: Any) -> None:
         self._check_open()
         ys, xs = self._window(key)
-        value = np.asarray(value)
         expected = (ys.stop - ys.start, xs.stop - xs.start) + tuple(self.shape[2:])
+        value = np.asarray(value)
+        if value.ndim == 0:  # a constant fills the window
+            value = np.broadcast_to(value, expected)
         if value.shape != expected:
             raise OutputError(
                 f"tile for {self.path}[{ys.start}:{ys.stop}, {xs.start}:{xs.stop}] must have shape {expected}, "
