@@ -31,13 +31,6 @@ def check_kind(model: nn.Module, where: str) -> str:
     return kind
 
 
-@torch.no_grad()
-def _labels_whole_image(model: nn.Module, image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(H, W) predicted labels of one whole image (H, W, C) uint8."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
-    return model(x)[0].argmax(0)
-
-
 def evaluate_dense(
     model: nn.Module,
     dataset: Sequence,
@@ -48,18 +41,15 @@ def evaluate_dense(
 ) -> ConfusionMeter:
     """Confusion over the whole images of ``dataset`` (items ``(image (H, W, 3) uint8, label (H, W))``).
 
-    Under DDP each rank predicts a strided share of the images; the matrices are summed across ranks.
+    Each image goes through :func:`fcnkit.predict`, the whole-image reference (the model pads itself). Under DDP each rank predicts a strided share of the images; the matrices are summed across ranks.
     """
-    device = torch.device(device)
+    from fcnkit.tiling import predict
+
     meter = ConfusionMeter(num_classes)
-    was_training = model.training
-    model.eval()
     indices = range(len(dataset))[dist.shard(len(dataset))] if dist is not None else range(len(dataset))
     for i in indices:
         image, label = dataset[i]
-        pred = _labels_whole_image(model, image, device)
-        meter.update(pred, torch.from_numpy(np.asarray(label)).to(pred.device))
-    model.train(was_training)
+        meter.update(predict(model, image, output="labels", device=device), np.asarray(label))
     if dist is not None:
         meter.all_reduce()
     return meter
@@ -101,3 +91,52 @@ def summary(meter: ConfusionMeter) -> dict:
     out = {k: (None if np.isnan(s[k]) else round(float(s[k]), 6)) for k in METRICS}
     out["iu"] = [None if np.isnan(v) else round(float(v), 6) for v in s["iu"]]
     return out
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    data: str,
+    *,
+    split: str = "val",
+    num_classes: int | None = None,
+    count: int | None = None,
+    device: str | None = None,
+) -> dict:
+    """Scores of a checkpoint on a dataset: dense models on whole images, classifiers on labelled windows.
+
+    Returns the four metrics, per-class ``iu``, ``class_names``, and ``images`` (how many images or windows).
+    """
+    from fcnkit.checkpoint import load_checkpoint
+    from fcnkit.data import open_dataset
+    from fcnkit.errors import DataError
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_checkpoint(checkpoint, map_location=dev)
+    kind = check_kind(model, f"checkpoint '{checkpoint}'")
+    k = model.fcnkit_spec["num_classes"]
+    if num_classes is not None and num_classes != k:
+        raise DataError(f"--num-classes {num_classes} does not match checkpoint '{checkpoint}', which predicts {k} "
+                        f"classes; leave --num-classes out or set it to {k}.")
+    scenes = str(data).partition(":")[0] == "scenes"
+    if kind == "classifier":
+        if not scenes:
+            raise DataError(f"data {data}: a classifier is evaluated on labelled windows, which only the built-in "
+                            f"scenes provide; pass --data scenes.")
+        from fcnkit.data.scenes import classification_windows
+
+        images, labels = classification_windows(split, count or 550, size=int(model.input_size[0]))
+        meter = evaluate_windows(model, torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels),
+                                 num_classes=k, device=dev)
+        n = len(labels)
+    else:
+        options = {"count": count} if scenes and count else {}
+        dataset = open_dataset(data, split=split, num_classes=num_classes if not scenes else None, **options)
+        if dataset.num_classes != k:
+            raise DataError(f"data {data}: has {dataset.num_classes} classes, checkpoint '{checkpoint}' predicts {k}; "
+                            f"evaluate on the data the model was trained for.")
+        n = min(count or len(dataset), len(dataset))
+        dataset = [dataset[i] for i in range(n)] if n < len(dataset) else dataset
+        meter = evaluate_dense(model, dataset, num_classes=k, device=dev)
+    names = model.fcnkit_meta.get("class_names") or [str(i) for i in range(k)]
+    return {"checkpoint": str(checkpoint), "data": data, "split": split, "images": n, **summary(meter),
+            "class_names": list(names)}

@@ -32,7 +32,7 @@ from fcnkit.evaluate import check_kind, evaluate_dense, evaluate_windows, summar
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.train_setup import Batches, add_windows, build_optimizer, init_from_checkpoint, open_data
 
-DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.01}
 
 
 @dataclass
@@ -79,6 +79,7 @@ class TrainResult:
     last_checkpoint: Path
     best_checkpoint: Path | None
     new_parameters: list[str] = field(default_factory=list)
+    is_main: bool = True  # False on DDP ranks other than 0, which write nothing
 
 
 def _positive(value: Any, name: str, kind: type = int) -> None:
@@ -239,6 +240,14 @@ class _Run:
         return pixel_cross_entropy(logits.float(), y)
 
     def _evaluate(self) -> dict:
+        # Evaluation must not draw from the training run's random streams, or a resumed run would diverge.
+        state = capture_rng()
+        try:
+            return self._scores()
+        finally:
+            restore_rng(state)
+
+    def _scores(self) -> dict:
         if self.kind == "classifier":
             images, labels = self.data.val_windows
             meter = evaluate_windows(self.model, images, labels, num_classes=self.num_classes,
@@ -298,7 +307,7 @@ class _Run:
         return TrainResult(out=self.out, step=self.step, losses=losses, metrics=metrics,
                            best_mean_iu=None if self.best == -math.inf else self.best,
                            last_checkpoint=self.out / "last.pt", best_checkpoint=best if best.exists() else None,
-                           new_parameters=self.new_parameters)
+                           new_parameters=self.new_parameters, is_main=self.dist.is_main)
 
     def _evaluate_and_log(self) -> dict:
         metrics = self._evaluate()

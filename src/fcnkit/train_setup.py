@@ -75,7 +75,18 @@ def open_data(cfg: TrainConfig) -> TrainData:
         val = _First(val, cfg.val_count)
     if len(val) == 0:
         raise DataError(f"data {cfg.data}: expected validation images, found none; add images to the val split.")
+    _check_patch_fits(train, cfg.patch)
     return TrainData(train, val, train.num_classes, list(train.class_names), np.asarray(train.palette))
+
+
+def _check_patch_fits(train: Any, patch: int, probe: int = 16) -> None:
+    """Refuse a patch larger than every image: its patches would be mostly ignore padding (checks a few images)."""
+    sides = [np.asarray(train[i][1]).shape for i in range(min(len(train), probe))]
+    if sides and all(patch > h and patch > w for h, w in sides):
+        h, w = max(sides, key=lambda s: s[0] * s[1])
+        raise DataError(f"patch: expected at most the image size, found --patch {patch} larger than every training "
+                        f"image (largest {h}x{w}), so patches would be mostly padding; pass --patch {min(h, w)} "
+                        f"or smaller.")
 
 
 def add_windows(data: TrainData, cfg: TrainConfig, size: int) -> None:
@@ -152,7 +163,8 @@ def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:
     source = ckpt["state_dict"]
     own = model.state_dict()
     copied = {k: v for k, v in source.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    if not copied:
+    # Normalisation buffers match between any two fcnkit models; only shared learned weights make a real start.
+    if not set(copied) & {name for name, _ in model.named_parameters()}:
         raise CheckpointError(
             f"init_from: '{path}' holds model {ckpt['model'].get('name')!r} whose weights share no name and shape "
             f"with {model.fcnkit_spec['name']!r}; start from a checkpoint of a related model (fcn32s -> fcn16s -> "

@@ -1,0 +1,49 @@
+"""``fcnkit eval``: the four FCN metrics of a checkpoint on a dataset, with a per-class IU table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "score a checkpoint: pixel accuracy, mean accuracy, mean IU, frequency-weighted IU, IU per class"
+EXAMPLE = """
+fcnkit eval --checkpoint runs/fcn8s/best.pt --data scenes
+fcnkit eval --checkpoint runs/unet/best.pt --data voc:/data/VOC2012 --split val --json
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a .pt file written by `fcnkit train`")
+    parser.add_argument("--data", required=True, help="scenes | voc:ROOT | folder:ROOT")
+    parser.add_argument("--split", choices=("train", "val"), default="val", help="which split (default val)")
+    parser.add_argument("--num-classes", type=int, help="number of classes (folder: data)")
+    parser.add_argument("--count", type=int, help="score only the first COUNT images (default: all)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def _fmt(value: float | None) -> str:
+    return "   n/a" if value is None else f"{100 * value:6.2f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnkit.errors import InputError
+    from fcnkit.evaluate import evaluate_checkpoint
+
+    if args.count is not None and args.count < 1:
+        raise InputError(f"--count: expected a positive number of images, found {args.count}; leave it out to "
+                         f"score every image.")
+    result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, num_classes=args.num_classes,
+                                 count=args.count, device=args.device)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['checkpoint']} on {result['data']} ({result['split']}, {result['images']} images)")
+    for key, label in (("pixel_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"),
+                       ("mean_iu", "mean IU"), ("fw_iu", "frequency-weighted IU")):
+        print(f"  {label:<22} {_fmt(result[key])} %")
+    width = max(len("class"), *(len(n) for n in result["class_names"]))
+    print(f"\n  {'class':<{width}}  IU (%)")
+    for name, iu in zip(result["class_names"], result["iu"]):
+        print(f"  {name:<{width}}  {_fmt(iu)}")
+    return 0

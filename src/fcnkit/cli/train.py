@@ -1,0 +1,64 @@
+"""``fcnkit train``: train a model on patches (or a classifier on windows), with resumable checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a model on image patches; checkpoints go to OUT/last.pt and OUT/best.pt"
+EXAMPLE = """
+fcnkit train --model fcn8s --data scenes --width 0.25 --steps 2000 --out runs/fcn8s
+fcnkit train --model fcn8s --data scenes --width 0.25 --steps 2000 --out runs/fcn8s --resume
+torchrun --nproc_per_node 2 -m fcnkit train --model unet --data voc:/data/VOC2012 --out runs/unet
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model name (see `fcnkit inspect --help` / list_models())")
+    parser.add_argument("--data", required=True, help="scenes | voc:ROOT | folder:ROOT")
+    parser.add_argument("--num-classes", type=int, help="number of classes (required for folder: data)")
+    parser.add_argument("--patch", type=int, default=64, help="side of the square training patches (default 64)")
+    parser.add_argument("--batch-size", type=int, default=16, help="global batch size (default 16)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (default 1000 when --epochs is not given)")
+    length.add_argument("--epochs", type=int, help="passes over the training images")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 for adamw, 0.01 for sgd)")
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                        help="adamw, or sgd with momentum 0.9 (default adamw)")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (default 1e-4)")
+    parser.add_argument("--width", type=float, help="channel multiplier of the model (default: the model's, 1.0)")
+    parser.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
+    parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available)")
+    parser.add_argument("--init-from", metavar="CKPT",
+                        help="start from the matching weights of another checkpoint (fcn32s -> fcn16s -> fcn8s)")
+    parser.add_argument("--eval-every", type=int, help="steps between evaluations (default steps/5; 0 = at the end)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between last.pt saves (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model and the patch stream (default 0)")
+    parser.add_argument("--val-size", type=int, help="side of the validation scenes (scenes only; default 256)")
+    parser.add_argument("--val-count", type=int, help="number of validation images (default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnkit.train import TrainConfig, train
+
+    steps = 1000 if args.steps is None and args.epochs is None else args.steps
+    config = TrainConfig(
+        model=args.model, data=args.data, num_classes=args.num_classes, patch=args.patch,
+        batch_size=args.batch_size, steps=steps, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, width=args.width, out=args.out or f"runs/{args.model}", resume=args.resume, overwrite=args.overwrite,
+        device=args.device, init_from=args.init_from, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, val_size=args.val_size, val_count=args.val_count,
+        progress=not args.no_progress,
+    )
+    result = train(config)
+    if not result.is_main:
+        return 0
+    if args.init_from:
+        print(f"init-from {args.init_from}: copied every matching weight; new: "
+              f"{', '.join(result.new_parameters) or '(none)'}")
+    m = result.metrics or {}
+    print(f"step {result.step}: mean IU {m.get('mean_iu')}, pixel accuracy {m.get('pixel_accuracy')}; "
+          f"best mean IU {result.best_mean_iu}; checkpoints in {result.out}")
+    return 0
