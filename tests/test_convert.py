@@ -72,6 +72,8 @@ def test_unpadded_classifier_equals_every_window() -> None:
     fcn = convolutionalize(clf, input_size=(32, 32))
     assert isinstance(fcn, ConvolutionalizedNet) and fcn.output_kind == "grid"
     assert fcn.window == (32, 32) and fcn.stride == (4, 4)
+    assert fcn.crop  # 13 -> 6 pooling drops a row: 34x34 gives 2 body rows but only one full window
+    assert fcn(torch.rand(1, 3, 34, 34)).shape == (1, 5, 1, 1)
     image = torch.rand(2, 3, 61, 50, generator=torch.Generator().manual_seed(1))
     assert fcn(image).shape == (2, 5, (61 - 32) // 4 + 1, (50 - 32) // 4 + 1)
     assert verify(clf, fcn, image) <= 1e-5
@@ -332,3 +334,19 @@ def test_spec_and_state_dict_round_trip() -> None:
     x = torch.rand(1, 3, 40, 40)
     assert torch.equal(fcn.eval()(x), again.eval()(x))
     assert "window=(32, 32), stride=(4, 4)" in repr(fcn)
+
+
+def test_digit_classifier_checkpoint_round_trip(tmp_path) -> None:
+    from fcnkit.checkpoint import load_checkpoint, save_checkpoint
+    from fcnkit.models import build_model
+
+    torch.manual_seed(0)
+    clf = build_model("digit_classifier", num_classes=11, width=0.25).eval()
+    fcn = convolutionalize(clf, input_size=(32, 32))
+    assert not fcn.crop and fcn.stride == (4, 4)
+    image = torch.rand(1, 3, 45, 52, generator=torch.Generator().manual_seed(0)) * 255
+    assert verify(clf, fcn, image) <= 1e-5 * (1 + clf(image[:, :, :32, :32]).abs().max().item())
+    save_checkpoint(tmp_path / "fcn.pt", model=fcn)
+    again = load_checkpoint(tmp_path / "fcn.pt")
+    assert isinstance(again, ConvolutionalizedNet) and again.fcnkit_spec["convolutionalized"] == {"input_size": [32, 32]}
+    assert torch.equal(again(image), fcn(image))

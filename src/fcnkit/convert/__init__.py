@@ -25,6 +25,7 @@ from torch.func import functional_call
 from fcnkit.convert.graph import analyze_graph, apply_plan, trace
 from fcnkit.convert.reference import sliding_window, verify
 from fcnkit.errors import ConversionError, InputError
+from fcnkit.layers import is_traced
 
 __all__ = ["ConvolutionalizedNet", "convolutionalize", "sliding_window", "verify"]
 
@@ -37,20 +38,21 @@ class ConvolutionalizedNet(nn.Module):
 
     ``H' = (H - window[0]) // stride[0] + 1`` (0 when the image is smaller than a window); grid cell (i, j) holds
     the scores of the window whose top-left pixel is ``(stride[0] * i, stride[1] * j)``. ``body`` is the rewritten
-    torch.fx graph; it may compute a few more positions than there are full windows (where a pooling layer drops
-    the window's last rows), and those are cropped off.
+    torch.fx graph; where a pooling layer drops a window's last rows it computes one more position than there are
+    full windows, and ``crop`` (measured by :func:`convolutionalize`) says to cut it off.
     """
 
     output_kind = "grid"
 
     def __init__(self, body: fx.GraphModule, *, window: tuple[int, int], stride: tuple[int, int],
-                 num_classes: int, in_channels: int) -> None:
+                 num_classes: int, in_channels: int, crop: bool) -> None:
         super().__init__()
         self.body = body
         self.window = tuple(window)
         self.stride = tuple(stride)
         self.num_classes = num_classes
         self.in_channels = in_channels
+        self.crop = crop
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """The (H', W') score grid of an H x W image: the number of full windows along each axis."""
@@ -58,17 +60,24 @@ class ConvolutionalizedNet(nn.Module):
                      zip((height, width), self.window, self.stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise InputError(f"convolutionalized classifier input: expected a (N, {self.in_channels}, H, W) tensor, "
-                             f"got shape {tuple(x.shape)}; add the batch axis or fix the channel count.")
-        rows, cols = self.grid_size(x.shape[2], x.shape[3])
-        if rows == 0 or cols == 0:  # no full window fits: an empty grid, as the sliding classifier would give
-            dtype = next(self.parameters()).dtype
-            return torch.zeros(x.shape[0], self.num_classes, rows, cols, dtype=dtype, device=x.device)
-        return self.body(x)[:, :, :rows, :cols]  # (N, K, H', W')
+        # Checks are skipped while torch.fx traces the model (fcnkit's geometry analyzer reads the graph).
+        if not is_traced(x):
+            if x.dim() != 4 or x.shape[1] != self.in_channels:
+                raise InputError(f"convolutionalized classifier input: expected a (N, {self.in_channels}, H, W) "
+                                 f"tensor, got shape {tuple(x.shape)}; add the batch axis or fix the channel count.")
+            rows, cols = self.grid_size(x.shape[2], x.shape[3])
+            if rows == 0 or cols == 0:  # no full window fits: an empty grid, as the sliding classifier gives
+                dtype = next(self.parameters()).dtype
+                return torch.zeros(x.shape[0], self.num_classes, rows, cols, dtype=dtype, device=x.device)
+        y = self.body(x)  # (N, K, H', W'), for some networks with extra positions at the bottom/right
+        if not self.crop:
+            return y
+        rows = (x.shape[2] - self.window[0]) // self.stride[0] + 1
+        cols = (x.shape[3] - self.window[1]) // self.stride[1] + 1
+        return y[:, :, :rows, :cols]
 
     def extra_repr(self) -> str:
-        return f"window={self.window}, stride={self.stride}, num_classes={self.num_classes}"
+        return f"window={self.window}, stride={self.stride}, num_classes={self.num_classes}, crop={self.crop}"
 
 
 def _check_size(input_size: Sequence[int]) -> tuple[int, int]:
@@ -79,8 +88,11 @@ def _check_size(input_size: Sequence[int]) -> tuple[int, int]:
     return int(input_size[0]), int(input_size[1])
 
 
-def _grid_stride(body: fx.GraphModule, window: tuple[int, int], in_channels: int) -> tuple[int, int]:
-    """The output stride per axis, measured on shapes only (meta tensors, no arithmetic is done)."""
+def _measure(body: fx.GraphModule, window: tuple[int, int], in_channels: int) -> tuple[tuple[int, int], bool]:
+    """The output stride per axis, and whether ``body`` gives more positions than full windows for some size.
+
+    Measured on shapes only: meta tensors, no arithmetic is done.
+    """
     state = {k: v.to("meta") for k, v in [*body.named_parameters(), *body.named_buffers()]}
 
     def grid(height: int, width: int) -> tuple[int, int]:
@@ -97,7 +109,10 @@ def _grid_stride(body: fx.GraphModule, window: tuple[int, int], in_channels: int
                                   f"output grid grew by {steps} rows for {_PROBE} more input rows); expected a "
                                   f"total stride that divides {_PROBE}, convert this network by hand.")
         strides.append(_PROBE // steps)
-    return strides[0], strides[1]
+    # One period of sizes shows every case: the output grows by exactly one row per `stride` more input rows.
+    crop = any(grid(window[0] + t, window[1])[0] != t // strides[0] + 1 or
+               grid(window[0], window[1] + t)[1] != t // strides[1] + 1 for t in range(max(strides)))
+    return (strides[0], strides[1]), crop
 
 
 def _self_check(classifier: nn.Module, body: fx.GraphModule, window: tuple[int, int], in_channels: int) -> int:
@@ -153,8 +168,9 @@ def convolutionalize(classifier: nn.Module, *, input_size: Sequence[int], in_cha
                               f"input_size and in_channels it was trained on.") from exc
     body = apply_plan(gm, analyze_graph(gm))
     num_classes = _self_check(reference, body, window, in_channels)
-    stride = _grid_stride(body, window, in_channels)
-    fcn = ConvolutionalizedNet(body, window=window, stride=stride, num_classes=num_classes, in_channels=in_channels)
+    stride, crop = _measure(body, window, in_channels)
+    fcn = ConvolutionalizedNet(body, window=window, stride=stride, num_classes=num_classes, in_channels=in_channels,
+                               crop=crop)
     spec = getattr(classifier, "fcnkit_spec", None)
     if spec is not None:
         fcn.fcnkit_spec = {**spec, "convolutionalized": {"input_size": list(window)}}
