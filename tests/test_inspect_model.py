@@ -101,3 +101,10 @@ def test_bad_size_and_bad_model_raise_clear_errors():
         inspect_model(nn.Conv2d(3, 3, 5), size=(2, 2))
     with pytest.raises(ModelError, match="expected a torch.nn.Module, found str"):
         inspect_model("fcn8s")
+
+
+def test_inspects_in_eval_mode_and_restores_training():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)).train()
+    report = inspect_model(model, size=(8, 8))
+    assert report.geometry is not None and report.geometry["local"] is True
+    assert model.training and model[1].training

@@ -181,7 +181,8 @@ def _geometry(model: nn.Module, in_channels: int, output_kind: str) -> tuple[dic
 
 def inspect_model(model: nn.Module, *, size: tuple[int, int] | None = None, in_channels: int | None = None,
                   name: str | None = None) -> ModelReport:
-    """The layer table, geometry, parameter count and compute of ``model`` at input ``size`` (H, W).
+    """The layer table, geometry, parameter count and compute of ``model`` at input ``size`` (H, W), in eval mode
+    (the mode is restored afterwards). Compute includes the padding to the model's input multiple.
 
     ``in_channels`` defaults to the model's ``fcnkit_spec``; ``size`` to :func:`default_size`.
     """
@@ -192,8 +193,14 @@ def inspect_model(model: nn.Module, *, size: tuple[int, int] | None = None, in_c
     in_channels = int(in_channels if in_channels is not None else spec.get("in_channels", 3))
     size = _check_size(size if size is not None else default_size(model))
     output_kind = getattr(model, "output_kind", "dense")
-    rows, out_shape = layer_table(model, size=size, in_channels=in_channels)
-    geometry, note = _geometry(model, in_channels, output_kind)
+    # Describe the model as it runs for inference: BatchNorm in training mode would count as non-local.
+    was_training = model.training
+    model.eval()
+    try:
+        rows, out_shape = layer_table(model, size=size, in_channels=in_channels)
+        geometry, note = _geometry(model, in_channels, output_kind)
+    finally:
+        model.train(was_training)
     params = list(model.parameters())
     return ModelReport(
         model=name or spec.get("name") or type(model).__name__,

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fcnkit.checkpoint import load_checkpoint, save_checkpoint
+from fcnkit.cli import main
+from fcnkit.export import load_safetensors
+from fcnkit.models import build_model
+
+
+@pytest.fixture()
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("fcn32s", num_classes=3, width=0.0625)
+    return save_checkpoint(tmp_path / "m.pt", model=model, class_names=["bg", "a", "b"])
+
+
+def test_torchscript(tmp_path, checkpoint, capsys):
+    out = tmp_path / "m.ts"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out),
+                 "--size", "40", "40"]) == 0
+    assert f"wrote {out} (torchscript; checked against PyTorch at three sizes" in capsys.readouterr().out
+    model = load_checkpoint(checkpoint)
+    x = torch.rand(1, 3, 67, 93) * 255
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(out))(x), model(x), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_onnx(tmp_path, checkpoint, capsys):
+    import onnxruntime
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    assert "(onnx; checked against PyTorch" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    model = load_checkpoint(checkpoint)
+    x = torch.rand(2, 3, 129, 40) * 255
+    with torch.no_grad():
+        assert np.abs(session.run(None, {"image": x.numpy()})[0] - model(x).numpy()).max() <= 1e-3
+
+
+def test_safetensors_round_trip_and_back_through_export(tmp_path, checkpoint, capsys):
+    out = tmp_path / "m.safetensors"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out)]) == 0
+    loaded = load_safetensors(out)
+    assert loaded.fcnkit_meta["class_names"] == ["bg", "a", "b"]
+    original = load_checkpoint(checkpoint)
+    for key, value in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    # A safetensors export is itself accepted as --checkpoint.
+    again = tmp_path / "again.ts"
+    assert main(["export", "--checkpoint", str(out), "--format", "torchscript", "--out", str(again)]) == 0
+    assert again.is_file()
+
+
+def test_existing_out_refused_without_overwrite(tmp_path, checkpoint, capsys):
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"old")
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fcnkit: error: --out '{out}': expected a new file, found an existing file; ")
+    assert "--overwrite" in err and out.read_bytes() == b"old"
+    assert main([*argv, "--overwrite"]) == 0
+    assert out.read_bytes() != b"old"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--format", "onnx", "--out", "x.onnx", "--checkpoint", "missing.pt"], "checkpoint 'missing.pt'"),
+    (["--format", "onnx", "--out", "x.onnx", "--checkpoint", "missing.safetensors"],
+     "safetensors file 'missing.safetensors': expected a file"),
+])
+def test_bad_checkpoint(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bad_format_and_size(tmp_path, checkpoint, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--checkpoint", str(checkpoint), "--format", "pickle", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "fcnkit: error: export: argument --format: invalid choice: 'pickle'" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "x"),
+                 "--size", "-1", "5"]) == 2
+    assert "--size: expected a positive height and width, found -1 5" in capsys.readouterr().err
