@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -100,3 +101,11 @@ def test_probability_output_is_stored_cyx(tmp_path):
     level1 = zarr.open_array(str(target / "1"), mode="r")
     np.testing.assert_array_equal(level1[:], np.moveaxis(probs[::2, ::2], 2, 0))
     np.testing.assert_array_equal(open_image(target)[10:200, 5:6], probs[10:200, 5:6])
+
+
+def test_ome_view_pickles_as_its_root(tmp_path):
+    image = (np.arange(3 * 20 * 25) % 250).astype(np.uint8).reshape(3, 20, 25)
+    _write_ome(tmp_path / "i.zarr", image, "cyx", version="0.4")
+    clone = pickle.loads(pickle.dumps(open_image(tmp_path / "i.zarr")))
+    assert clone.shape == (20, 25, 3)
+    np.testing.assert_array_equal(clone[3:9, 0:4], np.moveaxis(image, 0, 2)[3:9, 0:4])

@@ -129,3 +129,11 @@ def test_volume_is_refused_with_its_axes(tmp_path):
     tifffile.imwrite(tmp_path / "v.tif", np.zeros((3, 2, 16, 16), np.uint8), metadata={"axes": "ZCYX"})
     with pytest.raises(InputError, match=r"v\.tif has axes \(Z=3, C=2, Y=16, X=16\); expected a 2-D image"):
         open_image(tmp_path / "v.tif")
+
+
+def test_big_endian_16bit_tiff_scaled(tmp_path):
+    values = np.array([[0, 257 * 3], [65535, 257 * 200]], np.uint16)
+    tifffile.imwrite(tmp_path / "be.tif", values, byteorder=">")
+    np.testing.assert_array_equal(read_image(tmp_path / "be.tif")[:, :, 0], [[0, 3], [255, 200]])
+    with pytest.raises(InputError, match=r"be\.tif holds values from 0 to 65535, expected class indices 0-255"):
+        read_image(tmp_path / "be.tif", mode="label")

@@ -83,8 +83,14 @@ def read_pillow(path: str | os.PathLike) -> np.ndarray:
     return pillow_to_array(load_pillow(path))
 
 
+def _native(array: np.ndarray) -> np.ndarray:
+    # big-endian 16-bit pixels (Pillow's "I;16B", some TIFFs) compare unequal to np.uint16 until swapped
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+
 def rgb_from_array(array: np.ndarray, source: str) -> np.ndarray:
     """(H, W, C) array -> (H, W, 3) uint8: grey repeated, alpha dropped, 16-bit scaled to 8-bit."""
+    array = _native(array)
     channels = array.shape[2]
     if channels not in (1, 2, 3, 4):
         raise InputError(
@@ -109,6 +115,7 @@ def rgb_from_array(array: np.ndarray, source: str) -> np.ndarray:
 
 def label_from_array(array: np.ndarray, source: str) -> np.ndarray:
     """(H, W, C) array of class indices -> (H, W) uint8; colour masks are refused, values above 255 too."""
+    array = _native(array)
     if array.shape[2] > 1:
         colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
         if not (colour == colour[:, :, :1]).all():

@@ -35,6 +35,7 @@ def is_ome_group(group: zarr.Group) -> bool:
 
 def open_ome_group(group: zarr.Group, source: str) -> ChannelsLastView:
     """Level 0 of the first multiscale image of ``group`` as a lazy (H, W, C) view (t and z must be singletons)."""
+    root = source
     attrs = _ome_attributes(group)
     if "multiscales" not in attrs and "0" in group:  # bioformats2raw layout: the image is the subgroup "0"
         group, source = group["0"], f"{source}/0"
@@ -56,7 +57,7 @@ def open_ome_group(group: zarr.Group, source: str) -> ChannelsLastView:
             f"OME-Zarr image {source} declares axes {axes} but its level-0 array has {array.ndim} dimensions; "
             "fix the multiscales metadata"
         )
-    return ChannelsLastView(array, axes, f"{source}/{path}")
+    return ChannelsLastView(array, axes, f"{source}/{path}", reopen=root)
 
 
 def level_shapes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[int, int]]:

@@ -54,9 +54,16 @@ class ChannelsLastView:
     """
 
     def __init__(
-        self, array: Any, axes: Sequence[str], source: str, *, closer: Callable[[], None] | None = None
+        self,
+        array: Any,
+        axes: Sequence[str],
+        source: str,
+        *,
+        closer: Callable[[], None] | None = None,
+        reopen: str | None = None,
     ) -> None:
         self._array = array
+        self._reopen_path = source if reopen is None else reopen  # what open_image needs to rebuild this view
         self._y, self._x, self._c = axes_to_yxc(axes, array.shape, source)
         # closes the file even if the caller forgets, when the view is garbage-collected
         self._finalizer = weakref.finalize(self, closer) if closer is not None else None
@@ -103,7 +110,7 @@ class ChannelsLastView:
 
     def __reduce__(self) -> tuple:
         # pickles as its path, so dask workers reopen the file instead of receiving an open handle
-        return (_reopen, (self.source,))
+        return (_reopen, (self._reopen_path,))
 
     def close(self) -> None:
         """Release the open file behind the view (TIFF); a no-op for zarr."""
