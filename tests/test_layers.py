@@ -13,24 +13,31 @@ from fcnkit.layers import (
     IMAGENET_STD,
     BedOfNails,
     GlobalAvgPoolHead,
-    MaxPoolWithIndices,
-    MaxUnpool,
     Normalize,
-    Upsample,
     bed_of_nails,
+    bilinear_deconv,
     bilinear_kernel,
-    bilinear_upsampler,
     check_nchw,
+    indexed_max_pool,
+    is_traced,
     max_pool_with_indices,
     max_unpool,
+    max_unpooler,
     pad_to_multiple,
     score_conv,
     upsample,
+    upsampler,
 )
 
 
 def _rand(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.rand(*shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+
+
+def test_checks_are_skipped_while_fx_traces():
+    traced = torch.fx.symbolic_trace(Normalize())
+    assert torch.equal(traced(torch.zeros(1, 3, 2, 2)), Normalize()(torch.zeros(1, 3, 2, 2)))
+    assert not is_traced(torch.zeros(1))
 
 
 def test_check_nchw_messages():
@@ -117,12 +124,13 @@ def test_max_pool_unpool_roundtrip_on_odd_size():
     assert z.shape == x.shape
     # every kept value is a block maximum, back at its place; everything else is zero
     assert torch.equal(z[z != 0], x[z != 0]) and int((z != 0).sum()) == y.numel()
-    pool, unpool = MaxPoolWithIndices(2), MaxUnpool(2)
+    pool, unpool = indexed_max_pool(2), max_unpooler(2)
+    assert type(pool) is torch.nn.MaxPool2d and type(unpool) is torch.nn.MaxUnpool2d  # fx leaves
     y2, idx2 = pool(x)
     assert torch.equal(y2, y) and torch.equal(idx2, idx)
-    assert torch.equal(unpool(y2, idx2, x.shape), z)
+    assert torch.equal(unpool(y2, idx2, x.shape[-2:]), z)
     with pytest.raises(InputError, match=r"expected indices of the values' shape \(2, 3, 4, 3\), got \(2, 3, 2, 3\)"):
-        unpool(y, idx[:, :, :2], x.shape)
+        max_unpool(y, idx[:, :, :2], x.shape)
 
 
 def test_max_pool_unpool_gradcheck():
@@ -135,7 +143,7 @@ def test_upsample(mode):
     x = _rand(1, 2, 3, 5)
     y = upsample(x, 2, mode)
     assert y.shape == (1, 2, 6, 10)
-    assert torch.equal(Upsample(2, mode)(x), y)
+    assert torch.equal(upsampler(2, mode)(x), y)
     if mode == "nearest":
         assert torch.equal(y[:, :, 1::2, 1::2], x)
     with pytest.raises(ModelError, match=r"expected mode in \('nearest', 'bilinear'\), got 'cubic'"):
@@ -152,9 +160,9 @@ def test_bilinear_kernel_shape_and_diagonal():
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4, 8])
-def test_bilinear_upsampler_equals_interpolate_in_the_interior(scale):
+def test_bilinear_deconv_equals_interpolate_in_the_interior(scale):
     x = _rand(1, 3, 6, 7)
-    up = bilinear_upsampler(3, scale)
+    up = bilinear_deconv(3, scale)
     y = up(x)
     assert y.shape == (1, 3, 6 * scale, 7 * scale)
     ref = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
@@ -163,8 +171,8 @@ def test_bilinear_upsampler_equals_interpolate_in_the_interior(scale):
     assert not torch.allclose(y, ref, atol=1e-6)  # (so the interior check above is not vacuous)
 
 
-def test_bilinear_upsampler_gradcheck():
-    up = bilinear_upsampler(2, 2).double()
+def test_bilinear_deconv_gradcheck():
+    up = bilinear_deconv(2, 2).double()
     x = _rand(1, 2, 3, 3, dtype=torch.float64).requires_grad_()
     assert gradcheck(up, (x,))
 

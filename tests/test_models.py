@@ -205,3 +205,15 @@ def test_duplicate_registration_raises():
     with pytest.raises(ModelError, match=r"a model named 'unet' is registered already"):
         register_model(unet)
     assert list_models() == MODELS
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_traces_with_torch_fx(name):
+    """The geometry analyzer and the convolutionalizer read models through torch.fx (pad_to_multiple as a leaf)."""
+    model = _build(name).eval()
+    tracer = torch.fx.Tracer(autowrap_functions=(fcnkit.layers.pad_to_multiple,))
+    traced = torch.fx.GraphModule(model, tracer.trace(model))
+    h, w = _size_for(model, 45, 70)
+    x = _image(1, h, w)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), model(x), atol=1e-5)

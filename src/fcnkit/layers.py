@@ -1,9 +1,12 @@
 """The building blocks of fully convolutional networks, as functions and thin modules.
 
 Every op here works on NCHW tensors of any height and width. Where both are useful an op comes twice: a function
-(``bed_of_nails(x, 2)``) and an ``nn.Module`` holding its arguments (``BedOfNails(2)``). Modules that are plain
-PyTorch layers with fcnkit defaults (``Upsample``, ``MaxPoolWithIndices``, ``MaxUnpool``) subclass them, so code that
-walks a model by layer type (the geometry analyzer, the convolutionalizer) still recognises them.
+(``bed_of_nails(x, 2)``) and an ``nn.Module`` holding its arguments (``BedOfNails(2)``). Where PyTorch has the module
+already, fcnkit gives a builder returning that plain ``torch.nn`` layer (``score_conv``, ``indexed_max_pool``,
+``max_unpooler``, ``upsampler``, ``bilinear_deconv``) rather than a subclass: torch.fx treats only ``torch.nn``'s own
+classes as leaves, and the geometry analyzer and the convolutionalizer recognise layers in the traced graph.
+
+Input checks are skipped while torch.fx traces (the input is then a ``Proxy`` with no values to check).
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
+def is_traced(x: object) -> bool:
+    """True while torch.fx traces a model (``x`` is a ``Proxy``): shape checks must not run then."""
+    return isinstance(x, torch.fx.Proxy)
+
+
 def check_nchw(x: torch.Tensor, channels: int | None = None, *, name: str = "input") -> None:
     """Raise ``InputError`` unless ``x`` is a floating (N, C, H, W) tensor with ``channels`` channels (if given)."""
+    if is_traced(x):
+        return
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor (N, C, H, W), got {type(x).__name__}; "
                          "convert it with torch.as_tensor(...).permute(0, 3, 1, 2) for (N, H, W, C) arrays.")
@@ -95,10 +105,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     check_nchw(x)
     _check_positive_int(multiple, "multiple")
     h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    return x, (h, w)
+    # No "if already a multiple" shortcut: a branch on the size would pin the size in torch.export/ONNX graphs.
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple)), (h, w)
 
 
 def score_conv(in_channels: int, num_classes: int, *, zero_init: bool = False) -> nn.Conv2d:
@@ -178,36 +186,29 @@ def max_unpool(
     tensor([0., 5., 0., 7.])
     """
     check_nchw(x)
-    if indices.shape != x.shape:
+    if not is_traced(x) and indices.shape != x.shape:
         raise InputError(f"max_unpool: expected indices of the values' shape {tuple(x.shape)}, "
                          f"got {tuple(indices.shape)}; pass the indices returned with these pooled values.")
     _check_positive_int(kernel_size, "kernel_size")
     return F.max_unpool2d(x, indices, kernel_size, kernel_size, output_size=tuple(output_size[-2:]))
 
 
-class MaxPoolWithIndices(nn.MaxPool2d):
-    """``nn.MaxPool2d(k, stride=k, return_indices=True)``: (N, C, H, W) -> ((N, C, H//k, W//k), indices)."""
+def indexed_max_pool(kernel_size: int = 2) -> nn.MaxPool2d:
+    """Module form of :func:`max_pool_with_indices`: ``nn.MaxPool2d(k, stride=k, return_indices=True)``.
 
-    def __init__(self, kernel_size: int = 2) -> None:
-        _check_positive_int(kernel_size, "kernel_size")
-        super().__init__(kernel_size, stride=kernel_size, return_indices=True)
-
-
-class MaxUnpool(nn.MaxUnpool2d):
-    """Inverse of :class:`MaxPoolWithIndices` with the same ``kernel_size``: call as ``unpool(x, indices, size)``.
-
-    Shapes: (N, C, h, w) -> (N, C, H, W) where ``size`` is the pooled tensor's (H, W) or full shape.
+    Called as ``y, indices = pool(x)``: (N, C, H, W) -> two (N, C, H//k, W//k) tensors.
     """
+    _check_positive_int(kernel_size, "kernel_size")
+    return nn.MaxPool2d(kernel_size, stride=kernel_size, return_indices=True)
 
-    def __init__(self, kernel_size: int = 2) -> None:
-        _check_positive_int(kernel_size, "kernel_size")
-        super().__init__(kernel_size, stride=kernel_size)
 
-    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
-        if indices.shape != x.shape:
-            raise InputError(f"MaxUnpool: expected indices of the values' shape {tuple(x.shape)}, "
-                             f"got {tuple(indices.shape)}; pass the indices returned with these pooled values.")
-        return super().forward(x, indices, output_size=tuple(output_size[-2:]))
+def max_unpooler(kernel_size: int = 2) -> nn.MaxUnpool2d:
+    """Module form of :func:`max_unpool`, paired with :func:`indexed_max_pool` of the same ``kernel_size``.
+
+    Called as ``unpool(y, indices, output_size=(H, W))``: (N, C, h, w) -> (N, C, H, W).
+    """
+    _check_positive_int(kernel_size, "kernel_size")
+    return nn.MaxUnpool2d(kernel_size, stride=kernel_size)
 
 
 _UPSAMPLE_MODES = ("nearest", "bilinear")
@@ -230,14 +231,12 @@ def upsample(x: torch.Tensor, scale: int, mode: str = "nearest") -> torch.Tensor
     return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
 
 
-class Upsample(nn.Upsample):
-    """Module form of :func:`upsample` (an ``nn.Upsample`` with an integer factor)."""
-
-    def __init__(self, scale: int, mode: str = "nearest") -> None:
-        _check_positive_int(scale, "scale")
-        if mode not in _UPSAMPLE_MODES:
-            raise ModelError(f"Upsample: expected mode in {_UPSAMPLE_MODES}, got {mode!r}.")
-        super().__init__(scale_factor=scale, mode=mode, align_corners=False if mode == "bilinear" else None)
+def upsampler(scale: int, mode: str = "nearest") -> nn.Upsample:
+    """Module form of :func:`upsample`: a fixed (parameter-free) ``nn.Upsample`` by an integer factor."""
+    _check_positive_int(scale, "scale")
+    if mode not in _UPSAMPLE_MODES:
+        raise ModelError(f"upsampler: expected mode in {_UPSAMPLE_MODES}, got {mode!r}.")
+    return nn.Upsample(scale_factor=scale, mode=mode, align_corners=False if mode == "bilinear" else None)
 
 
 def bilinear_kernel(in_channels: int, out_channels: int | None = None, kernel_size: int = 4) -> torch.Tensor:
@@ -245,7 +244,7 @@ def bilinear_kernel(in_channels: int, out_channels: int | None = None, kernel_si
 
     Channel i maps to channel i only (a diagonal of bilinear filters); ``out_channels`` defaults to
     ``in_channels``. With ``kernel_size = 2s - s % 2``, ``stride = s`` and ``padding = (kernel_size - s) // 2``
-    (see :func:`bilinear_upsampler`) it equals ``F.interpolate(mode="bilinear", align_corners=False)`` away from
+    (see :func:`bilinear_deconv`) it equals ``F.interpolate(mode="bilinear", align_corners=False)`` away from
     the border, and the output is exactly s times the input.
 
     >>> bilinear_kernel(1, kernel_size=4)[0, 0, 0]
@@ -264,13 +263,13 @@ def bilinear_kernel(in_channels: int, out_channels: int | None = None, kernel_si
     return weight.float()
 
 
-def bilinear_upsampler(channels: int, scale: int, *, bias: bool = False) -> nn.ConvTranspose2d:
+def bilinear_deconv(channels: int, scale: int, *, bias: bool = False) -> nn.ConvTranspose2d:
     """A learnable ``ConvTranspose2d`` that starts as exact bilinear upsampling by ``scale``.
 
     Kernel ``2s - s % 2``, stride ``s``, padding ``(kernel - s) // 2``, so the output is exactly s times the input
     (no crop offsets). Shapes: (N, C, H, W) -> (N, C, s*H, s*W).
 
-    >>> bilinear_upsampler(21, 32)(torch.zeros(1, 21, 3, 2)).shape
+    >>> bilinear_deconv(21, 32)(torch.zeros(1, 21, 3, 2)).shape
     torch.Size([1, 21, 96, 64])
     """
     _check_positive_int(channels, "channels")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fcnkit.errors import InputError
-from fcnkit.layers import GlobalAvgPoolHead, Normalize, check_nchw, pad_to_multiple, score_conv
+from fcnkit.layers import GlobalAvgPoolHead, Normalize, check_nchw, is_traced, pad_to_multiple, score_conv
 from fcnkit.models.registry import register_model, scaled
 
 
@@ -106,7 +106,7 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_nchw(x, self.in_channels)
-        if tuple(x.shape[-2:]) != self.input_size:
+        if not is_traced(x) and tuple(x.shape[-2:]) != self.input_size:
             h, w = self.input_size
             raise InputError(f"digit_classifier input: expected {h}x{w} windows (N, C, {h}, {w}), got "
                              f"{x.shape[-2]}x{x.shape[-1]}; crop {h}x{w} windows, or use "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fcnkit.layers import Normalize, Upsample, check_nchw, pad_to_multiple, score_conv
+from fcnkit.layers import Normalize, check_nchw, pad_to_multiple, score_conv, upsampler
 from fcnkit.models.registry import register_model, scaled
 
 _WIDTHS = (32, 64, 128, 256)  # channels at strides 1, 2, 4, 8
@@ -36,7 +36,7 @@ class EncoderDecoder(nn.Module):
         self.encoder = nn.Sequential(*down)
         up: list[nn.Module] = []
         for i in reversed(range(3)):
-            up += [Upsample(2, "nearest"), *_conv_relu(c[i + 1], c[i])]
+            up += [upsampler(2, "nearest"), *_conv_relu(c[i + 1], c[i])]
         self.decoder = nn.Sequential(*up)
         self.score = score_conv(c[0], num_classes)
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fcnkit.errors import ModelError
-from fcnkit.layers import Normalize, bilinear_upsampler, check_nchw, pad_to_multiple, score_conv
+from fcnkit.layers import Normalize, bilinear_deconv, check_nchw, pad_to_multiple, score_conv
 from fcnkit.models.registry import register_model, scaled
 from fcnkit.models.vgg import POOL_INDICES, vgg16_fc_convs, vgg16_features
 
@@ -48,14 +48,14 @@ class FCN(nn.Module):
         stride = 32
         for i, skip in enumerate(self.skips):
             up_name = "upscore2" if i == 0 else f"upscore_{self.skips[i - 1]}"
-            setattr(self, up_name, bilinear_upsampler(num_classes, 2))
+            setattr(self, up_name, bilinear_deconv(num_classes, 2))
             setattr(self, f"score_{skip}", score_conv(scaled(_SKIP_CHANNELS[skip], width), num_classes,
                                                       zero_init=True))
             self.fusions.append((skip, up_name, f"score_{skip}"))
             stride //= 2
         self.final_stride = stride
         self.final_name = "upscore" if not self.skips else f"upscore{stride}"
-        setattr(self, self.final_name, bilinear_upsampler(num_classes, stride))
+        setattr(self, self.final_name, bilinear_deconv(num_classes, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_nchw(x, self.in_channels)

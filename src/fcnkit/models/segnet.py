@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fcnkit.layers import MaxPoolWithIndices, MaxUnpool, Normalize, check_nchw, pad_to_multiple, score_conv
+from fcnkit.layers import Normalize, check_nchw, indexed_max_pool, max_unpooler, pad_to_multiple, score_conv
 from fcnkit.models.registry import register_model, scaled
 from fcnkit.models.unet import conv_bn_relu
 
@@ -38,8 +38,8 @@ class SegNet(nn.Module):
         self.normalize = Normalize.for_channels(in_channels)
         ins = [in_channels] + [scaled(b[-1], width) for b in _ENCODER[:-1]]
         self.encoder = nn.ModuleList([_block(c, b, width) for c, b in zip(ins, _ENCODER)])
-        self.pool = MaxPoolWithIndices(2)
-        self.unpool = MaxUnpool(2)
+        self.pool = indexed_max_pool(2)
+        self.unpool = max_unpooler(2)
         ins = [scaled(512, width)] + [scaled(b[-1], width) for b in _DECODER[:-1]]
         self.decoder = nn.ModuleList([_block(c, b, width) for c, b in zip(ins, _DECODER)])
         self.score = score_conv(scaled(_DECODER[-1][-1], width), num_classes)
