@@ -23,7 +23,7 @@ from fcnkit.errors import InputError
 # Largest number of tiles per axis the planner considers: beyond that, tiles are so small that halo dominates.
 _MAX_SPLITS = 4096
 # Fraction of the memory budget the tiles may take; the rest covers the read-ahead queue, the writer and numpy copies.
-_TILE_SHARE = 0.7
+TILE_SHARE = 0.7
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def choose_tile(in_shape: tuple[int, int], out_shape: tuple[int, int], margins: 
     amortise the halo ((T+2h)²/T² extra work), so the best is usually the largest that fits; the number of tiles per
     axis is chosen first and the tiles are then balanced, so no thin strip is left at the edge.
     """
-    per_tile = budget * _TILE_SHARE / (batch_size * bytes_per_pixel)  # padded pixels one tile may have
+    per_tile = budget * TILE_SHARE / (batch_size * bytes_per_pixel)  # padded pixels one tile may have
     axes = []
     for n_in, n_out in zip(in_shape, out_shape):
         options = []  # (max padded extent, total padded extent, tile side) for 1, 2, ... splits
@@ -203,7 +203,7 @@ def choose_tile(in_shape: tuple[int, int], out_shape: tuple[int, int], margins: 
                     best = (cost, (ty, tx))
                 break  # more splits along x only add halo
     if best is None:
-        smallest = axes[0][-1][0] * axes[1][-1][0] * batch_size * bytes_per_pixel / _TILE_SHARE
+        smallest = axes[0][-1][0] * axes[1][-1][0] * batch_size * bytes_per_pixel / TILE_SHARE
         raise InputError(f"memory_limit={budget} bytes is too small for even the smallest tile of this model "
                          f"(about {smallest / 2**20:.0f} MiB); raise memory_limit or pass tile= explicitly.")
     return best[1]

@@ -15,12 +15,14 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from fcnkit._tile_plan import (
+    TILE_SHARE,
     Margins,
     Tile,
     activation_bytes_per_pixel,
@@ -33,7 +35,7 @@ from fcnkit._tile_plan import (
 from fcnkit._tile_runner import finish, read_window, run_plan, to_model_input
 from fcnkit.errors import InputError, ModelError, NotExactError, OutputError
 
-__all__ = ["Tile", "plan_tiles", "predict", "predict_tiled"]
+__all__ = ["Tile", "TilePlan", "plan_prediction", "plan_tiles", "predict", "predict_tiled"]
 
 OUTPUTS = ("logits", "probs", "labels")
 _GEOMETRY_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -89,44 +91,82 @@ def predict_tiled(model: torch.nn.Module, image: Any, *, tile: int | tuple[int, 
       ``allow_inexact=True`` (then a warning).
     """
     _check_output(output)
-    height, width, channels = _image_shape(image)
     with _prepared(model, device) as (net, dev):
-        geometry = _geometry(net, channels)
-        _check_local(geometry, allow_inexact)
-        out_h, out_w = _output_size(net, geometry, height, width, channels, dev)
-        margins = _margins(geometry, halo)
-        budget = None if memory_limit is None else parse_memory(memory_limit)
-        if batch_size is not None:
-            _check_positive("batch_size", batch_size)
-        if tile is None or batch_size is None:
-            budget = budget or default_memory_limit(dev)
-            per_pixel = _bytes_per_pixel(net, channels, geometry, dev, output)
-        if tile is None:
-            tile_hw = choose_tile((height, width), (out_h, out_w), margins, bytes_per_pixel=per_pixel, budget=budget,
-                                  batch_size=batch_size or 1)
-        else:
-            tile_hw = _tile_size(tile, margins.multiple)
-        tiles = plan_axis_tiles((height, width), (out_h, out_w), margins, tile_hw)
-        if batch_size is None:
-            largest = max(t.padded[0] * t.padded[1] for t in tiles)
-            fits = int(budget * 0.7 // (largest * per_pixel))
-            batch_size = max(1, min(fits, 32 if dev.type == "cuda" else 8, len(tiles)))
-        k = _num_classes(net, channels, geometry, dev)
-        shape = (out_h, out_w) if output == "labels" else (out_h, out_w, k)
-        dtype = (np.uint8 if k <= 255 else np.int32) if output == "labels" else np.float32
+        plan = _plan(net, dev, image, tile=tile, halo=halo, output=output, batch_size=batch_size,
+                     memory_limit=memory_limit, allow_inexact=allow_inexact)
         if out is None:
-            out = np.empty(shape, dtype)
-        elif tuple(out.shape) != shape:
-            raise OutputError(f"out has shape {tuple(out.shape)}; expected {shape} for output={output!r} on this "
-                              f"image; create it with that shape.")
+            out = np.empty(plan.shape, plan.dtype)
+        elif tuple(out.shape) != plan.shape:
+            raise OutputError(f"out has shape {tuple(out.shape)}; expected {plan.shape} for output={output!r} on "
+                              f"this image; create it with that shape.")
         journal = hasattr(out, "done") and hasattr(out, "mark_done")
-        todo = tiles
-        if journal:
-            done = set(out.done)
-            todo = [t for t in tiles if t.id not in done]
-        run_plan(net, image, todo, output=output, out=out, batch_size=batch_size, device=dev, journal=journal,
-                 progress=progress, stride=margins.stride, skipped=len(tiles) - len(todo))
+        done = set(out.done) if journal else set()
+        todo = [t for t in plan.tiles if t.id not in done]
+        run_plan(net, image, todo, output=output, out=out, batch_size=plan.batch_size, device=dev, journal=journal,
+                 progress=progress, stride=plan.stride, skipped=len(plan.tiles) - len(todo))
     return out
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """What ``predict_tiled`` will do: ``tiles`` of ``tile`` input pixels, ``batch_size`` per forward pass, into an
+    output of ``shape``/``dtype``. ``overhead`` = computed input pixels / image pixels (the halo's extra work, ~
+    (T+2h)²/T² for interior tiles); ``halo`` the context in input pixels."""
+
+    tiles: list[Tile]
+    tile: tuple[int, int]
+    batch_size: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    stride: int
+    halo: int
+    overhead: float
+
+
+def plan_prediction(model: torch.nn.Module, image: Any, *, tile: int | tuple[int, int] | None = None,
+                    halo: int | None = None, output: str = "logits", batch_size: int | None = None,
+                    device: str | torch.device | None = None, memory_limit: int | str | None = None,
+                    allow_inexact: bool = False) -> TilePlan:
+    """The plan ``predict_tiled`` with the same arguments would follow, without running it.
+
+    Lets a caller size its output (chunks aligned to ``plan.tile``) and report the halo overhead; passing
+    ``tile=plan.tile, batch_size=plan.batch_size`` to ``predict_tiled`` then reproduces it exactly.
+    """
+    _check_output(output)
+    with _prepared(model, device) as (net, dev):
+        return _plan(net, dev, image, tile=tile, halo=halo, output=output, batch_size=batch_size,
+                     memory_limit=memory_limit, allow_inexact=allow_inexact)
+
+
+def _plan(net: torch.nn.Module, dev: torch.device, image: Any, *, tile: Any, halo: int | None, output: str,
+          batch_size: int | None, memory_limit: Any, allow_inexact: bool) -> TilePlan:
+    height, width, channels = _image_shape(image)
+    geometry = _geometry(net, channels)
+    _check_local(geometry, allow_inexact)
+    out_h, out_w = _output_size(net, geometry, height, width, channels, dev)
+    margins = _margins(geometry, halo)
+    if batch_size is not None:
+        _check_positive("batch_size", batch_size)
+    budget = parse_memory(memory_limit) if memory_limit is not None else None
+    if tile is None or batch_size is None:
+        budget = budget or default_memory_limit(dev)
+        per_pixel = _bytes_per_pixel(net, channels, geometry, dev, output)
+    if tile is None:
+        tile_hw = choose_tile((height, width), (out_h, out_w), margins, bytes_per_pixel=per_pixel, budget=budget,
+                              batch_size=batch_size or 1)
+    else:
+        tile_hw = _tile_size(tile, margins.multiple)
+    tiles = plan_axis_tiles((height, width), (out_h, out_w), margins, tile_hw)
+    if batch_size is None:
+        largest = max(t.padded[0] * t.padded[1] for t in tiles)
+        fits = int(budget * TILE_SHARE // (largest * per_pixel))
+        batch_size = max(1, min(fits, 32 if dev.type == "cuda" else 8, len(tiles)))
+    k = _num_classes(net, channels, geometry, dev)
+    shape = (out_h, out_w) if output == "labels" else (out_h, out_w, k)
+    dtype = np.dtype((np.uint8 if k <= 255 else np.int32) if output == "labels" else np.float32)
+    computed = sum(t.padded[0] * t.padded[1] for t in tiles)
+    return TilePlan(tiles=tiles, tile=tile_hw, batch_size=batch_size, shape=shape, dtype=dtype,
+                    stride=margins.stride, halo=max(margins.lo, margins.hi), overhead=computed / (height * width))
 
 
 def plan_tiles(shape: tuple[int, ...], geometry: Any, tile: int | tuple[int, int], *,
@@ -200,7 +240,8 @@ def _geometry(model: torch.nn.Module, channels: int) -> Any:
     _check_channels(model, channels)
     cached = _GEOMETRY_CACHE.setdefault(model, {})
     if channels not in cached:
-        cached[channels] = analyze(model, in_channels=channels)
+        with torch.random.fork_rng(devices=[]):  # a probing analysis must not move the caller's random stream
+            cached[channels] = analyze(model, in_channels=channels)
     return cached[channels]
 
 

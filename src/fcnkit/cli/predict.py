@@ -1,0 +1,222 @@
+"""``fcnkit predict``: exact tiled inference of a checkpoint on images of any size, streamed to disk, resumable.
+
+One input: ``--out`` is the output file and its suffix picks the format (``.png``, ``.zarr``, ``.ome.zarr``,
+``.tif``). Several inputs (or an ``--out`` that is an existing folder or ends with ``/``): ``--out`` is a folder and
+each input ``NAME.ext`` gives ``NAME`` + ``--format`` there (default ``.png`` for overlays, ``.ome.zarr`` otherwise).
+Output tiles are aligned to the storage chunks, so a killed run resumed with ``--resume`` rewrites no finished chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HELP = "predict labels, probabilities or an overlay for images of any size, tile by tile, exactly"
+EXAMPLE = """
+fcnkit predict --checkpoint runs/unet/best.pt slide.tif --out slide-labels.ome.zarr
+fcnkit predict --checkpoint runs/unet/best.pt a.png b.png --out results/ --output overlay
+fcnkit predict --checkpoint best.pt slide.tif --out labels.ome.zarr --memory-limit 2GB --resume
+"""
+
+OUTPUTS = ("labels", "probs", "logits", "overlay")
+_MAX_CHUNK = 1024  # output chunk side: large enough for throughput, small enough for viewers and pyramids
+_OVERLAY_ALPHA = 0.5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a .pt file written by `fcnkit train`")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images: PNG, JPEG, TIFF/BigTIFF, .zarr, .ome.zarr")
+    parser.add_argument("--out", required=True, help="output file (one input) or folder (several inputs)")
+    parser.add_argument("--output", choices=OUTPUTS, default="labels",
+                        help="labels (default), probs or logits (float32 per class), overlay (PNG of image + colours)")
+    parser.add_argument("--format", dest="suffix", metavar="SUFFIX",
+                        help="suffix of each output in an --out folder: .png, .zarr, .ome.zarr or .tif")
+    parser.add_argument("--tile", type=int, help="tile side in pixels (default: the largest that fits in memory)")
+    parser.add_argument("--memory-limit", help="memory for the tiles, e.g. 4GB (default: a quarter of free memory)")
+    parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: what fits)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:K")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished tiles")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run on a dask cluster: tcp://HOST:PORT, or local:N for N local worker processes")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnkit.checkpoint import load_checkpoint
+    from fcnkit.errors import InputError
+
+    for name in ("tile", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(f"{flag}: expected a positive number, found {value}; leave it out to choose it from "
+                             f"memory.")
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite contradict each other; pass one of them.")
+    model = load_checkpoint(args.checkpoint, map_location="cpu")
+    targets = _targets([Path(p) for p in args.inputs], Path(args.out), args.out.endswith(("/", "\\")),
+                       args.output, args.suffix)
+    for source, target in targets:
+        _predict_one(model, source, target, args)
+    return 0
+
+
+def _targets(inputs: list[Path], out: Path, folder_hint: bool, output: str, suffix: str | None
+             ) -> list[tuple[Path, Path]]:
+    """``(input, output path)`` pairs: ``--out`` itself for one input, else ``folder/stem + suffix``."""
+    from fcnkit.errors import InputError
+
+    if len(inputs) == 1 and not folder_hint and not out.is_dir():
+        if suffix is not None:
+            raise InputError(f"--format {suffix} applies to an --out folder; for one input the suffix of --out "
+                             f"({out.name}) decides the format, so leave --format out.")
+        return [(inputs[0], out)]
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file but {len(inputs)} inputs need a folder; pass a folder path.")
+    suffix = suffix or (".png" if output == "overlay" else ".ome.zarr")
+    if not suffix.startswith("."):
+        suffix = "." + suffix
+    pairs, seen = [], {}
+    for path in inputs:
+        stem = path.name
+        for ext in (".ome.zarr", ".ome.tif", ".ome.tiff", *path.suffixes[-1:]):
+            if stem.lower().endswith(ext):
+                stem = stem[: -len(ext)]
+                break
+        target = out / (stem + suffix)
+        if target in seen:
+            raise InputError(f"inputs {seen[target]} and {path} would both write {target}; rename one of them.")
+        seen[target] = path
+        pairs.append((path, target))
+    return pairs
+
+
+def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespace) -> None:
+    from fcnkit.io import create_output, open_image, output_status
+    from fcnkit.tiling import plan_prediction
+
+    if args.resume and output_status(target) == "complete":
+        if not args.quiet:
+            print(f"{target}: already complete, skipped")
+        return
+    image = open_image(source)
+    output = "labels" if args.output == "overlay" else args.output
+    tile = args.tile if args.tile is not None else _previous_tile(target) if args.resume else None
+    plan = plan_prediction(model, image, tile=tile, output=output, batch_size=args.batch_size, device=args.device,
+                           memory_limit=args.memory_limit)
+    meta = getattr(model, "fcnkit_meta", {}) or {}
+    palette = meta.get("palette")
+    if args.output == "overlay":
+        _write_overlay(model, image, target, plan, palette, args)
+        return
+    chunks = tuple(_chunk(side // plan.stride) for side in plan.tile)
+    kind = "labels" if output == "labels" else "image"
+    plan_key = f"tile={plan.tile[0]}x{plan.tile[1]}" + (f";dask={args.scheduler}" if args.scheduler else "")
+    started = time.perf_counter()
+    with create_output(target, plan.shape, plan.dtype, chunks=chunks, overwrite=args.overwrite, resume=args.resume,
+                       kind=kind, palette=palette if kind == "labels" else None,
+                       metadata={"source": source.name, "output": output, "class_names": meta.get("class_names")},
+                       plan_key=plan_key) as out:
+        _compute(model, image, out, plan, output, args)
+    if not args.quiet:
+        seconds = time.perf_counter() - started
+        megapixels = image.shape[0] * image.shape[1] / 1e6
+        print(f"{target}: {plan.shape[0]}×{plan.shape[1]} {output}, {len(plan.tiles)} tiles of "
+              f"{plan.tile[0]}×{plan.tile[1]} (halo {plan.halo}, {plan.overhead:.2f}× work), "
+              f"{megapixels / seconds:.2f} MP/s")
+
+
+def _compute(model: Any, image: Any, out: Any, plan: Any, output: str, args: argparse.Namespace) -> None:
+    from fcnkit.tiling import predict_tiled
+
+    if args.scheduler is None:
+        predict_tiled(model, image, tile=plan.tile, output=output, out=out, batch_size=plan.batch_size,
+                      device=args.device, progress=not args.quiet)
+        return
+    distributed = _distributed()
+    client = distributed.connect(args.scheduler)
+    try:
+        result = distributed.predict_dask(model, image, output=output, chunk=max(plan.tile))
+        distributed.predict_into(result, out, client=client, progress=not args.quiet)
+    finally:
+        distributed.close(client)
+
+
+def _distributed() -> Any:
+    from fcnkit.errors import FcnkitError
+
+    try:
+        import fcnkit.distributed as distributed
+    except ImportError as exc:
+        raise FcnkitError(f"--scheduler needs fcnkit.distributed with dask and distributed installed ({exc}); "
+                          f"install fcnkit[distributed] or leave --scheduler out.") from exc
+    if not all(hasattr(distributed, name) for name in ("connect", "predict_dask", "predict_into", "close")):
+        raise FcnkitError("--scheduler is not available in this fcnkit build (fcnkit.distributed lacks "
+                          "predict_dask/predict_into); leave --scheduler out to predict in this process.")
+    return distributed
+
+
+def _chunk(side: int) -> int:
+    """The largest divisor of the tile side up to ``_MAX_CHUNK``: chunks then never straddle two tiles."""
+    return max(d for d in range(1, min(side, _MAX_CHUNK) + 1) if side % d == 0)
+
+
+def _previous_tile(target: Path) -> tuple[int, int] | None:
+    """The tile of an interrupted run (from its journal), so that a resume without --tile uses the same plan."""
+    import json
+
+    from fcnkit.io.outputs import journal_path
+
+    path = journal_path(target)
+    if not path.exists():
+        return None
+    try:
+        header = json.loads(path.read_text().split("\n", 1)[0])
+        tile = dict(part.split("=", 1) for part in str(header.get("plan", "")).split(";") if "=" in part)["tile"]
+        height, width = (int(v) for v in tile.split("x"))
+    except (ValueError, KeyError):
+        return None  # create_output then explains what does not match
+    return height, width
+
+
+def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any, args: argparse.Namespace) -> None:
+    """The image with each pixel's class colour blended in (50 %), written as an RGB PNG or TIFF."""
+    from fcnkit.data import voc_palette
+    from fcnkit.errors import InputError
+    from fcnkit.io import create_output
+    from fcnkit.tiling import predict_tiled
+
+    height, width = image.shape[:2]
+    if height * width > 64e6:
+        raise InputError(f"--output overlay builds the whole {height}×{width} picture in memory; use --output labels "
+                         f"(e.g. to .ome.zarr) for images above 64 megapixels.")
+    labels = predict_tiled(model, image, tile=plan.tile, output="labels", batch_size=plan.batch_size,
+                           device=args.device, progress=not args.quiet)
+    s = plan.stride  # a heat-map grid: each label covers an s×s block of the image
+    labels = np.repeat(np.repeat(labels, s, axis=0), s, axis=1)[:height, :width]
+    colours = np.asarray(palette if palette is not None else voc_palette(256), np.uint8)
+    colours = np.concatenate([colours, np.zeros((max(0, int(labels.max()) + 1 - len(colours)), 3), np.uint8)])
+    picture = _as_rgb(np.asarray(image[0:height, 0:width]))
+    blended = (1 - _OVERLAY_ALPHA) * picture + _OVERLAY_ALPHA * colours[labels]
+    with create_output(target, (height, width, 3), np.uint8, overwrite=args.overwrite or args.resume,
+                       kind="image") as out:
+        out[0:height, 0:width] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if not args.quiet:
+        print(f"{target}: overlay of {height}×{width} labels")
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """Any (H, W[, C]) image as float RGB in 0-255: grey repeated, alpha dropped, 16-bit and [0, 1] floats scaled."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    image = image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+    if image.dtype == np.uint16:
+        return image / 257.0
+    if image.dtype.kind == "f" and image.size and image.max() <= 1.0:
+        return image * 255.0
+    return image.astype(np.float64)
