@@ -136,6 +136,12 @@ def _prepare_out(cfg: TrainConfig, out: Path, is_main: bool) -> Path | None:
     return None
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete half-written checkpoint temporaries left by a run killed in the middle of a save."""
+    for tmp in out.glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -179,6 +185,8 @@ class _Run:
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         resume_from = _prepare_out(cfg, self.out, dist.is_main)
+        if dist.is_main:
+            _remove_stale_temporaries(self.out)
         dist.barrier()  # nobody reads last.pt before rank 0 has checked the folder
         _seed_everything(cfg.seed)
 
