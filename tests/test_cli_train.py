@@ -1,0 +1,80 @@
+"""``fcnkit train`` and ``fcnkit eval`` through the command line: output, JSON, and errors as one line, status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fcnkit.cli import main
+
+TRAIN = ["train", "--model", "encoder_decoder", "--data", "scenes:48", "--patch", "32", "--batch-size", "2",
+         "--width", "0.125", "--steps", "2", "--val-size", "40", "--val-count", "2", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_train_then_eval_table_and_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    assert "step 2: mean IU" in capsys.readouterr().out
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--data", "scenes:40", "--count", "2"]) == 0
+    text = capsys.readouterr().out
+    for label in ("pixel accuracy", "mean accuracy", "mean IU", "frequency-weighted IU", "background", "  9 "):
+        assert label in text
+
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--data", "scenes:40", "--count", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 2 and len(result["iu"]) == 11 and result["class_names"][0] == "background"
+    assert 0.0 <= result["mean_iu"] <= 1.0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert result["mean_iu"] == record["mean_iu"]  # eval of the same images equals the trainer's evaluation
+
+
+def test_existing_run_is_refused_then_resumed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    assert "fcnkit: error: out: " in capsys.readouterr().err
+    assert main([*TRAIN, "--out", str(out), "--resume"]) == 0  # already finished: nothing to redo
+    assert "step 2:" in capsys.readouterr().out
+
+
+def test_init_from_reports_new_parameters(tmp_path, capsys):
+    first = ["train", "--model", "fcn32s", "--data", "scenes:48", "--patch", "32", "--batch-size", "2",
+             "--width", "0.0625", "--steps", "1", "--val-size", "40", "--val-count", "1", "--no-progress"]
+    assert main([*first, "--out", str(tmp_path / "a")]) == 0
+    second = [*first, "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a" / "last.pt")]
+    second[second.index("fcn32s")] = "fcn16s"
+    assert main(second) == 0
+    assert "new: score_pool4.bias, score_pool4.weight, upscore16.weight, upscore2.weight" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "steps: expected a positive integer, found 0"),
+        (["--lr", "0"], "lr: expected a positive number, found 0.0"),
+        (["--patch", "-4"], "patch: expected a positive integer, found -4"),
+    ],
+)
+def test_bad_train_flags_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    assert main([*TRAIN, "--out", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fcnkit: error: ") and message in err and "Traceback" not in err
+
+
+def test_eval_of_a_missing_checkpoint(tmp_path, capsys):
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", "scenes"]) == 2
+    assert "none.pt': expected a .pt file written by `fcnkit train`, found nothing" in capsys.readouterr().err
