@@ -38,7 +38,8 @@ def test_train_then_eval_table_and_json(tmp_path, capsys):
     assert result["images"] == 2 and len(result["iu"]) == 11 and result["class_names"][0] == "background"
     assert 0.0 <= result["mean_iu"] <= 1.0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert result["mean_iu"] == record["mean_iu"]  # eval of the same images equals the trainer's evaluation
+    # the same images as the trainer's evaluation (which ran the channels_last copy: allow a flipped pixel)
+    assert result["mean_iu"] == pytest.approx(record["mean_iu"], abs=5e-3)
 
 
 def test_existing_run_is_refused_then_resumed(tmp_path, capsys):

@@ -134,9 +134,7 @@ class Batches:
         else:
             x, y = self.sampler.batch(self.local, self.step, rank=self.dist.rank, world_size=self.dist.world_size)
         self.step += 1
-        x = x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         return x, y.to(device, non_blocking=True)
 
 
