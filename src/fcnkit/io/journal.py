@@ -1,7 +1,7 @@
 """The completion journal that lets an interrupted tiled prediction resume.
 
-A text file next to the output: the first line is a JSON fingerprint (shape, dtype, kind, tile plan), then one
-finished tile id per line. Ids are appended with a single ``write`` + fsync only after the tile's chunks were
+A text file next to the output: the first line is a flat JSON object, ``{"format": "fcnkit-journal", "version": 1}``
+plus the fingerprint (shape, dtype, kind, output_format, plan), then one finished tile id per line. Ids are appended with a single ``write`` + fsync only after the tile's chunks were
 written and synced, so after a crash every id in the journal names a tile that is really on disk. A line torn by a
 crash (no final newline) is ignored: that tile is simply computed again.
 """
@@ -30,9 +30,12 @@ class Journal:
 
     @classmethod
     def create(cls, path: Path, fingerprint: dict[str, Any]) -> Journal:
-        """Start a new journal holding only the fingerprint (written atomically, so it is never torn)."""
+        """Start a new journal holding only the fingerprint (written atomically, so it is never torn).
+
+        The keys "format" and "version" are the journal's own and may not appear in ``fingerprint``.
+        """
         with atomic_file(path, "w") as f:
-            f.write(json.dumps({"format": _FORMAT, "version": 1, "fingerprint": fingerprint}) + "\n")
+            f.write(json.dumps({"format": _FORMAT, "version": 1, **fingerprint}) + "\n")
         return cls(path, fingerprint, set())
 
     @classmethod
@@ -43,14 +46,15 @@ class Journal:
         lines.pop()  # the text after the last newline: empty, or an id torn by a crash
         try:
             header = json.loads(lines[0])
-            if header.get("format") != _FORMAT or not isinstance(header.get("fingerprint"), dict):
+            if header.get("format") != _FORMAT:
                 raise ValueError("not an fcnkit journal")
             done = {int(line) for line in lines[1:]}
         except (ValueError, IndexError) as exc:
             raise OutputError(
                 f"resume journal {path} is corrupted ({exc}); pass --overwrite to start the output again"
             ) from exc
-        return cls(path, header["fingerprint"], done)
+        fingerprint = {k: v for k, v in header.items() if k not in ("format", "version")}
+        return cls(path, fingerprint, done)
 
     def append(self, tile_id: int) -> None:
         """Record ``tile_id`` as finished: one append, then fsync."""

@@ -296,7 +296,7 @@ def create_output(
     fmt = output_format(path)
     dtype = np.dtype(dtype)
     shape = _check_request(path, fmt, shape, dtype, kind)
-    fingerprint = {"shape": list(shape), "dtype": dtype.str, "kind": kind, "format": fmt, "plan": plan_key}
+    fingerprint = {"shape": list(shape), "dtype": dtype.str, "kind": kind, "output_format": fmt, "plan": plan_key}
     partial, journal = partial_path(path), journal_path(path)
     status = output_status(path)
     _prepare_folder(path.parent)
