@@ -195,3 +195,9 @@ def test_docstring_examples_run():
     for module in (fcnkit.layers, fcnkit.models.registry):
         result = doctest.testmod(module, extraglobs={"torch": torch})
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_normalize_and_pad_gradcheck():
+    x = _rand(1, 3, 3, 2, dtype=torch.float64).requires_grad_()
+    assert gradcheck(Normalize().double(), (x,))
+    assert gradcheck(lambda t: pad_to_multiple(t, 4)[0], (x,))

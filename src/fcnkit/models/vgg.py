@@ -84,7 +84,8 @@ def load_vgg16_weights(model: nn.Module, path: str | os.PathLike) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt or unsafe file: torch raises several types
         raise CheckpointError(f"VGG16 weights {str(path)!r}: cannot be read as a weights-only torch file "
-                              f"({type(error).__name__}: {error}); save it with torch.save(state_dict, path).") from error
+                              f"({type(error).__name__}: {error}); save it with torch.save(state_dict, path)."
+                              ) from error
     if not isinstance(state, dict):
         raise CheckpointError(f"VGG16 weights {str(path)!r}: expected a state dict (a dict of tensors), "
                               f"got {type(state).__name__}.")
@@ -92,14 +93,15 @@ def load_vgg16_weights(model: nn.Module, path: str | os.PathLike) -> None:
     for key, target in targets.items():
         if key not in state:
             raise CheckpointError(f"VGG16 weights {str(path)!r}: missing key {key!r} (expected torchvision's vgg16 "
-                                  f"layout, found keys such as {sorted(state)[:4]}); a vgg16_bn file does not fit.")
+                                  f"layout, found keys such as {sorted(map(str, state))[:4]}); a vgg16_bn file does not fit.")
         source = state[key]
         if not isinstance(source, torch.Tensor):
             raise CheckpointError(f"VGG16 weights {str(path)!r}: key {key!r} is {type(source).__name__}, "
                                   "expected a tensor.")
-        if source.shape != target.shape and source.numel() == target.numel() and source.dim() == 2 \
-                and target.dim() == 4 and source.shape[0] == target.shape[0]:
-            source = source.reshape(target.shape)  # fully connected -> convolution, (O, I*k*k) -> (O, I, k, k)
+        out_channels, fan_in = target.shape[0], target[0].numel()
+        if target.dim() == 4 and source.shape == (out_channels, fan_in):
+            # fully connected -> convolution: torchvision flattens (C, 7, 7) in that order, so a reshape is exact
+            source = source.reshape(target.shape)
         if source.shape != target.shape:
             raise CheckpointError(f"VGG16 weights {str(path)!r}: key {key!r} has shape {tuple(state[key].shape)}, "
                                   f"the model expects {tuple(target.shape)}; build the model with width=1.0 and "
