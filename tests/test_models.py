@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fcnkit
 from fcnkit.errors import InputError, ModelError
@@ -224,3 +226,14 @@ def test_every_model_traces_with_torch_fx(name):
     x = _image(1, h, w)
     with torch.no_grad():
         assert torch.allclose(traced(x), model(x), atol=1e-5)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(h=st.integers(1, 70), w=st.integers(1, 70))
+def test_any_size_in_matching_size_out(h, w):
+    dense = build_model("encoder_decoder", num_classes=2, width=WIDTH).eval()
+    grid = build_model("heatmap_net", num_classes=2, width=WIDTH).eval()
+    x = _image(1, h, w)
+    with torch.no_grad():
+        assert dense(x).shape == (1, 2, h, w)
+        assert grid(x).shape == (1, 2, -(-h // 8), -(-w // 8))
