@@ -145,6 +145,9 @@ def test_bad_requests(tmp_path):
     out = create_output(tmp_path / "o.zarr", (8, 8), np.uint8)
     with pytest.raises(OutputError, match=r"o\.zarr\[0:4, 0:4\] must have shape \(4, 4\), got \(4, 5\)"):
         out[0:4, 0:4] = np.zeros((4, 5), np.uint8)
+    with pytest.raises(OutputError, match=r"has dtype float32, the output holds uint8; convert the tile first"):
+        out[0:4, 0:4] = np.zeros((4, 4), np.float32)
+    out[0:4, 0:4] = np.ones((4, 4), np.int64)  # integers of another width are fine
     with pytest.raises(OutputError, match=r"write to .* as out\[y0:y1, x0:x1\] = tile"):
         out[0] = np.zeros(8, np.uint8)
     out.close()

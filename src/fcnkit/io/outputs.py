@@ -118,6 +118,12 @@ class Output:
                 f"tile for {self.path}[{ys.start}:{ys.stop}, {xs.start}:{xs.stop}] must have shape {expected}, "
                 f"got {value.shape}; pass the tile cropped to its window"
             )
+        integers = value.dtype.kind in "biu" and self.dtype.kind in "iu"
+        if not (integers or np.can_cast(value.dtype, self.dtype, casting="same_kind")):
+            raise OutputError(
+                f"tile for {self.path} has dtype {value.dtype}, the output holds {self.dtype}; "
+                f"convert the tile first (e.g. argmax for labels) instead of letting it be truncated"
+            )
         if self._channels_first:
             self._array[:, ys, xs] = np.moveaxis(value, 2, 0)
         else:
