@@ -49,7 +49,8 @@ def test_group_with_one_array(tmp_path):
     group.create_array("pixels", data=image, chunks=(5, 5, 3))
     np.testing.assert_array_equal(open_image(tmp_path / "g.zarr")[:, :], image)
     group.create_array("other", data=image, chunks=(5, 5, 3))
-    with pytest.raises(InputError, match=r"g\.zarr holds 2 arrays \(other, pixels\), expected exactly one.*g\.zarr/other"):
+    message = r"g\.zarr holds 2 arrays \(other, pixels\), expected exactly one.*g\.zarr/other"
+    with pytest.raises(InputError, match=message):
         open_image(tmp_path / "g.zarr")
     np.testing.assert_array_equal(open_image(tmp_path / "g.zarr" / "pixels")[:, :], image)
 

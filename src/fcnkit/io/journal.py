@@ -1,9 +1,10 @@
 """The completion journal that lets an interrupted tiled prediction resume.
 
 A text file next to the output: the first line is a flat JSON object, ``{"format": "fcnkit-journal", "version": 1}``
-plus the fingerprint (shape, dtype, kind, output_format, plan), then one finished tile id per line. Ids are appended with a single ``write`` + fsync only after the tile's chunks were
-written and synced, so after a crash every id in the journal names a tile that is really on disk. A line torn by a
-crash (no final newline) is ignored: that tile is simply computed again.
+plus the fingerprint (shape, dtype, kind, output_format, plan), then one finished tile id per line. Ids are
+appended with a single ``write`` + fsync only after the tile's chunks were written and synced, so after a crash every
+id in the journal names a tile that is really on disk. A line torn by a crash (no final newline) is ignored: that
+tile is simply computed again.
 """
 
 from __future__ import annotations

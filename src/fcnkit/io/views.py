@@ -24,7 +24,7 @@ def axes_to_yxc(axes: Sequence[str], shape: Sequence[int], source: str) -> tuple
     """Find the row, column and (optional) channel axes among ``axes``; every other axis must have size 1.
 
     A generic extra axis (tifffile's 'I' or 'Q' for a page stack, not time or z) of size > 1 is taken as the
-    channels when no channel axis is named. Returns the positions ``(y, x, c)`` with ``c=None`` for a single-channel image.
+    channels when no channel axis is named. Returns the positions ``(y, x, c)``, ``c=None`` for one channel.
     """
     names = list(axes)
     found = {"y": None, "x": None, "c": None}
