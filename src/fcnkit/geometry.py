@@ -1,0 +1,161 @@
+"""Geometry of a fully convolutional network: receptive field, output stride, input multiple, halo, locality.
+
+``analyze`` reads the model's ``torch.fx`` graph (see :mod:`fcnkit._fx_geometry`) without running it, so the full
+134M-parameter FCN-8s analyzes in milliseconds. Where the graph cannot be traced or holds an operation without a
+rule, the numbers come from measurements on a CPU float64 copy instead (:func:`probe_radius` and shape/shift probes
+in :mod:`fcnkit._probe`). Non-local layers are named either way.
+
+>>> import torch.nn as nn
+>>> g = analyze(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1)))
+>>> g.receptive_field, g.output_stride, g.input_multiple, g.halo
+(8, 2, 2, 4)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch.nn as nn
+
+from fcnkit import _fx_geometry, _probe
+from fcnkit._probe import probe_radius
+from fcnkit.errors import ModelError
+
+__all__ = ["Geometry", "analyze", "probe_radius"]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How output pixels relate to input pixels (DESIGN.md, "Exact tiling, the rule").
+
+    ``receptive_field``: side of the input window one output pixel sees. ``output_stride``: input pixels per output
+    pixel (1 for dense models). ``input_multiple``: D, tile origins and padded sizes must be multiples of it.
+    ``halo``: context pixels each side for exact output, the receptive-field radius rounded up to a multiple of D.
+    ``padding``: ``"same"`` (output covers the input at its stride) or ``"valid"`` (unpadded convolutions shrink
+    it). ``local``: tiles can equal the whole-image run; if not, ``nonlocal_reason`` names the layer and why, and
+    the numbers describe the model with that layer taken as point-wise (0 where nothing could be measured).
+    """
+
+    receptive_field: int
+    output_stride: int
+    input_multiple: int
+    halo: int
+    padding: str
+    local: bool
+    nonlocal_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values, e.g. for a checkpoint's ``"geometry"`` entry."""
+        return asdict(self)
+
+
+def analyze(model: nn.Module, *, in_channels: int = 3) -> Geometry:
+    """Geometry of ``model`` for inputs (N, ``in_channels``, H, W).
+
+    Reads the fx graph when the model traces; otherwise (or for an operation without a rule) measures a CPU copy
+    in eval mode with probe images. Raises ``ModelError`` for a model without spatial layers or one that fails on
+    the probe images.
+
+    >>> import torch.nn as nn
+    >>> analyze(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4))).nonlocal_reason
+    "GroupNorm at '1' normalizes over the whole image; tiles cannot equal the whole-image run"
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"analyze: expected a torch.nn.Module, got {type(model).__name__}; "
+                         "pass the model itself (e.g. fcnkit.build_model(...)).")
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        raise ModelError(f"analyze: expected in_channels to be a positive integer, got {in_channels!r}; "
+                         "pass the number of channels of the model's input images.")
+    try:
+        graph = _fx_geometry.analyze_graph(_fx_geometry.trace(model))
+    except Exception:  # untraceable (data-dependent control flow, ...): measure instead
+        graph = None
+    walk_reason = _nonlocal_module(model)
+    if graph is not None and not graph.has_spatial_layers and not _has_spatial_module(model):
+        raise _no_spatial(model)
+    if graph is not None and graph.unknown is None:
+        stride = graph.output_stride
+        if stride < 1 or stride.denominator != 1:
+            raise ModelError(f"analyze: expected an output no larger than the input, got output stride {stride} "
+                             f"for {type(model).__name__}; fcnkit tiles models whose output stride is a whole number.")
+        return _geometry(graph.radius, graph.receptive_field, int(stride), graph.input_multiple, graph.padding,
+                         graph.nonlocal_reason)
+    reason = graph.nonlocal_reason if graph is not None else walk_reason
+    if not _has_spatial_module(model):
+        raise _no_spatial(model)
+    return _measured(model, in_channels, reason)
+
+
+def _geometry(radius: int, side: int, stride: int, multiple: int, padding: str, reason: str | None) -> Geometry:
+    halo = math.ceil(radius / multiple) * multiple
+    return Geometry(side, stride, multiple, halo, padding, reason is None, reason)
+
+
+def _measured(model: nn.Module, in_channels: int, reason: str | None) -> Geometry:
+    """Geometry from probe images, for models the graph analysis cannot follow."""
+    try:
+        net = _probe.cpu_copy(model)
+        stride, padding = _probe.measure_stride(net, in_channels)
+        radius = _probe.radius_of(net, in_channels)
+    except _probe.NoSpatialOutput as exc:
+        if reason is None:
+            reason = (f"{type(model).__name__} returns {exc} with no spatial axes: it is a classifier of whole "
+                      f"images; convolutionalize it first")
+        return Geometry(0, 0, 0, 0, "same", False, reason)
+    except ModelError:
+        if reason is None:
+            raise
+        return Geometry(0, 0, 0, 0, "same", False, reason)
+    if radius is None:
+        reason = reason or (f"{type(model).__name__}: changing input pixels {_probe.MAX_SIZE // 2} pixels away "
+                            f"changes an output pixel (probe); the output depends on the whole image")
+        return Geometry(_probe.MAX_SIZE, stride, stride, 0, padding, False, reason)
+    multiple = _probe.measure_multiple(net, in_channels, stride, radius)
+    if multiple is None:
+        reason = reason or (f"{type(model).__name__}: shifting the image by up to {_probe.MAX_SHIFT} pixels "
+                            f"does not shift the output (probe), so the model is not translation-equivariant")
+        multiple = stride
+    return _geometry(radius, stride + 2 * radius, stride, multiple, padding, reason)
+
+
+_SPATIAL = (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.MaxUnpool2d, nn.Upsample,
+            nn.PixelShuffle, nn.PixelUnshuffle, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _has_spatial_module(model: nn.Module) -> bool:
+    return any(isinstance(m, _SPATIAL) for m in model.modules())
+
+
+def _no_spatial(model: nn.Module) -> ModelError:
+    return ModelError(f"analyze: expected a convolutional model, got {type(model).__name__} with no spatial layers "
+                      "(no convolution, pooling or up-sampling); fcnkit analyzes networks that take (N, C, H, W) "
+                      "images.")
+
+
+def _nonlocal_module(model: nn.Module) -> str | None:
+    """The first non-local module in registration order (for models the graph analysis cannot read)."""
+    from fcnkit import _fx_rules as rules
+
+    flattened = False
+    for name, m in model.named_modules():
+        kind = type(m).__name__
+        if isinstance(m, rules.ADAPTIVE):
+            return f"{kind} at '{name}' pools the whole image to a fixed size; {rules.WHOLE_IMAGE}"
+        if isinstance(m, nn.GroupNorm):
+            return f"{kind} at '{name}' normalizes over the whole image; {rules.WHOLE_IMAGE}"
+        if isinstance(m, rules.INSTANCE) and (m.training or not m.track_running_stats):
+            return f"{kind} at '{name}' normalizes each channel over the whole image; {rules.WHOLE_IMAGE}"
+        if isinstance(m, rules.BATCH) and (m.training or m.running_mean is None):
+            return (f"{kind} at '{name}' normalizes with statistics of the whole batch and image (training mode "
+                    f"or no running statistics); call model.eval() first")
+        if isinstance(m, nn.LayerNorm):
+            return f"{kind} at '{name}' normalizes over its last dimensions, which include space; {rules.WHOLE_IMAGE}"
+        if isinstance(m, rules.ATTENTION):
+            return f"{kind} at '{name}' attends over all positions of the image; {rules.WHOLE_IMAGE}"
+        flattened = flattened or isinstance(m, nn.Flatten)
+        if flattened and isinstance(m, nn.Linear):
+            return (f"{kind} at '{name}' mixes every position of the flattened feature map: the model is a "
+                    f"classifier of fixed-size inputs; convolutionalize it first")
+    return None

@@ -1,0 +1,82 @@
+"""Tests for fcnkit.geometry: textbook cases, the model zoo against the NaN probe, non-local layers, fallbacks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fcnkit
+from fcnkit.errors import ModelError
+from fcnkit.geometry import Geometry, analyze, probe_radius
+
+
+def conv(k: int, *, s: int = 1, p: int | None = None, d: int = 1, c: int = 4, cin: int = 4) -> nn.Conv2d:
+    return nn.Conv2d(cin, c, k, stride=s, padding=d * (k - 1) // 2 if p is None else p, dilation=d)
+
+
+def seq(*layers: nn.Module) -> nn.Sequential:
+    first = layers[0]
+    if isinstance(first, nn.Conv2d):  # take 3-channel images
+        layers = (nn.Conv2d(3, first.out_channels, first.kernel_size, first.stride, first.padding, first.dilation),
+                  *layers[1:])
+    return nn.Sequential(*layers).eval()
+
+
+# (model, receptive_field, output_stride, input_multiple, halo, padding)
+TEXTBOOK = {
+    "one 3x3": (lambda: seq(conv(3)), 3, 1, 1, 1, "same"),
+    "three 3x3": (lambda: seq(conv(3), nn.ReLU(), conv(3), nn.ReLU(), conv(3)), 7, 1, 1, 3, "same"),
+    "5x5 then 3x3": (lambda: seq(conv(5), conv(3)), 7, 1, 1, 3, "same"),
+    "conv-pool-conv": (lambda: seq(conv(3), nn.MaxPool2d(2), conv(3)), 8, 2, 2, 4, "same"),
+    "dilated 3x3 d=4": (lambda: seq(conv(3, d=4)), 9, 1, 1, 4, "same"),
+    "two stride-2 convs": (lambda: seq(conv(3, s=2), conv(3, s=2)), 7, 4, 4, 4, "same"),
+    "valid convs": (lambda: seq(conv(3, p=0), conv(3, p=0)), 5, 1, 1, 4, "valid"),
+    "non-square kernel": (lambda: seq(nn.Conv2d(4, 4, (1, 7), padding=(0, 3))), 7, 1, 1, 3, "same"),
+    "pool-transposed": (lambda: seq(conv(3), nn.MaxPool2d(2), nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1)),
+                        6, 1, 2, 4, "same"),
+    "avgpool-nearest": (lambda: seq(nn.AvgPool2d(4), conv(1), nn.Upsample(scale_factor=4)), 4, 1, 4, 4, "same"),
+}
+
+
+@pytest.mark.parametrize("name", list(TEXTBOOK))
+def test_textbook_cases(name):
+    build, rf, stride, multiple, halo, padding = TEXTBOOK[name]
+    g = analyze(build())
+    assert (g.receptive_field, g.output_stride, g.input_multiple, g.halo, g.padding) == (
+        rf, stride, multiple, halo, padding)
+    assert g.local and g.nonlocal_reason is None
+
+
+@pytest.mark.parametrize("name", ["one 3x3", "three 3x3", "conv-pool-conv", "dilated 3x3 d=4", "pool-transposed",
+                                  "avgpool-nearest"])
+def test_textbook_halo_matches_probe(name):
+    build, *_ = TEXTBOOK[name]
+    g = analyze(build())
+    r = probe_radius(build())
+    assert math.ceil(r / g.input_multiple) * g.input_multiple == g.halo
+
+
+def test_geometry_is_frozen_and_serializable():
+    g = analyze(seq(conv(3)))
+    assert g.to_dict() == {"receptive_field": 3, "output_stride": 1, "input_multiple": 1, "halo": 1,
+                           "padding": "same", "local": True, "nonlocal_reason": None}
+    with pytest.raises(AttributeError):
+        g.halo = 0  # type: ignore[misc]
+    assert isinstance(fcnkit.analyze(seq(conv(3))), fcnkit.Geometry) and Geometry is fcnkit.Geometry
+
+
+def test_vgg16_receptive_field_adds_fc6():
+    """VGG16 up to pool5 sees 212 pixels; fc6 as a 7x7 convolution at stride 32 adds 6*32 = 404."""
+    cfg = [2, 2, 3, 3, 3]
+    layers: list[nn.Module] = []
+    for n in cfg:
+        layers += [m for _ in range(n) for m in (conv(3), nn.ReLU())] + [nn.MaxPool2d(2)]
+    pool5 = seq(*layers)
+    assert analyze(pool5).receptive_field == 212
+    fc6 = seq(*layers, nn.Conv2d(4, 4, 7, padding=3))
+    g = analyze(fc6)
+    assert (g.receptive_field, g.output_stride, g.input_multiple) == (404, 32, 32)
