@@ -1,0 +1,149 @@
+"""``fcnkit predict``: files in, exact results out, folders for many inputs, overlays, and resume after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from PIL import Image
+
+import fcnkit
+from fcnkit.checkpoint import save_checkpoint
+from fcnkit.cli import main
+from fcnkit.tiling import predict
+
+PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, model=model, class_names=["bg", "a", "b"], palette=PALETTE)
+    return path
+
+
+def _png(path: Path, height: int, width: int, seed: int = 0) -> np.ndarray:
+    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3)).astype(np.uint8)
+    Image.fromarray(image).save(path)
+    return image
+
+
+def _expected(checkpoint: Path, image: np.ndarray, output: str = "labels") -> np.ndarray:
+    return predict(fcnkit.load_checkpoint(checkpoint), image, output=output)
+
+
+def test_png_to_png_labels_equal_predict(checkpoint, tmp_path, capsys):
+    image = _png(tmp_path / "a.png", 45, 70)
+    out = tmp_path / "a-labels.png"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out", str(out),
+                 "--tile", "16", "--quiet"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), _expected(checkpoint, image))
+
+
+def test_tiff_to_ome_zarr_and_probs(checkpoint, tmp_path, capsys):
+    image = np.random.default_rng(1).integers(0, 256, (80, 64, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", image, tile=(16, 16))
+    out = tmp_path / "s.ome.zarr"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "s.tif"), "--out", str(out),
+                 "--memory-limit", "64MB"]) == 0
+    printed = capsys.readouterr()
+    assert "s.ome.zarr: 80×64 labels" in printed.out and "MP/s" in printed.out
+    assert "tile" in printed.err  # the progress bar
+    np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], _expected(checkpoint, image))
+    probs = tmp_path / "p.zarr"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "s.tif"), "--out", str(probs),
+                 "--output", "probs", "--tile", "24", "--quiet"]) == 0
+    np.testing.assert_allclose(zarr.open_array(str(probs))[:], _expected(checkpoint, image, "probs"), atol=1e-4)
+
+
+def test_several_inputs_write_into_a_folder(checkpoint, tmp_path):
+    images = {name: _png(tmp_path / f"{name}.png", 30 + i, 20 + 3 * i, seed=i) for i, name in enumerate("xyz")}
+    folder = tmp_path / "results"
+    argv = ["predict", "--checkpoint", str(checkpoint), *(str(tmp_path / f"{n}.png") for n in images),
+            "--out", str(folder), "--format", ".zarr", "--quiet"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["x.zarr", "y.zarr", "z.zarr"]
+    for name, image in images.items():
+        np.testing.assert_array_equal(zarr.open_array(str(folder / f"{name}.zarr"))[:], _expected(checkpoint, image))
+    assert main(argv) == 2  # exists: refused without --overwrite
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_overlay_blends_the_palette(checkpoint, tmp_path):
+    image = _png(tmp_path / "a.png", 33, 21)
+    folder = tmp_path / "overlays"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out", f"{folder}/",
+                 "--output", "overlay", "--quiet"]) == 0
+    labels = _expected(checkpoint, image)
+    expected = np.rint(0.5 * image + 0.5 * PALETTE[labels]).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "a.png").convert("RGB")), expected)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tile", "0"], "--tile: expected a positive number, found 0"),
+    (["--batch-size", "-1"], "--batch-size: expected a positive number, found -1"),
+    (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    (["--memory-limit", "lots"], "memory_limit='lots' is not a memory size"),
+])
+def test_user_errors_are_one_line(checkpoint, tmp_path, capsys, argv, message):
+    _png(tmp_path / "a.png", 16, 16)
+    code = main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "o.png"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("fcnkit: error: ") and message in err and "Traceback" not in err
+
+
+def test_format_needs_a_folder(checkpoint, tmp_path, capsys):
+    _png(tmp_path / "a.png", 16, 16)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "o.png"), "--format", ".zarr"]) == 2
+    assert "--format .zarr applies to an --out folder" in capsys.readouterr().err
+
+
+def _run(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fcnkit", "predict", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run(checkpoint, tmp_path):
+    image = np.random.default_rng(3).integers(0, 256, (256, 192, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64))
+    out = tmp_path / "big.ome.zarr"
+    journal = tmp_path / "big.ome.zarr.journal"
+    argv = ["--checkpoint", str(checkpoint), str(tmp_path / "big.tif"), "--out", str(out), "--tile", "8"]
+    total = (256 // 8) * (192 // 8)
+    proc = _run(argv)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) > 6:  # header + a few finished tiles
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(journal.read_text().splitlines()) - 1
+    assert 0 < finished < total and not out.exists()
+
+    resumed = _run([*argv, "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-1000:]
+    assert not journal.exists()
+    labels = zarr.open_group(str(out))["0"][:]
+    np.testing.assert_array_equal(labels, _expected(checkpoint, image))
+
+    fresh = tmp_path / "fresh.ome.zarr"
+    whole = _run([*argv[:-4], "--out", str(fresh), "--tile", "64"])
+    assert whole.wait(timeout=300) == 0
+    np.testing.assert_array_equal(labels, zarr.open_group(str(fresh))["0"][:])
