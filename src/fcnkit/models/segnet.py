@@ -51,13 +51,13 @@ class SegNet(nn.Module):
         saved = []
         for block in self.encoder:
             x = block(x)
-            size = x.shape[-2:]
             x, indices = self.pool(x)  # halves H and W; indices remember each maximum's position
-            saved.append((indices, size))
+            saved.append(indices)
         # x: (N, 512w, Hp/32, Wp/32)
         for block in self.decoder:
-            indices, size = saved.pop()
-            x = self.unpool(x, indices, size)  # doubles H and W, values back at the maxima, zeros elsewhere
+            # doubles H and W, values back at the maxima, zeros elsewhere; the padded sizes are multiples of 32, so
+            # twice the pooled size is exactly the size before pooling and no output_size is needed
+            x = self.unpool(x, saved.pop())
             x = block(x)
         x = self.score(x)  # (N, K, Hp, Wp)
         return x[:, :, :h, :w]  # (N, K, H, W)
