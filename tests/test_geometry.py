@@ -38,7 +38,8 @@ TEXTBOOK = {
     "non-square kernel": (lambda: seq(nn.Conv2d(4, 4, (1, 7), padding=(0, 3))), 7, 1, 1, 3, "same"),
     "pool-transposed": (lambda: seq(conv(3), nn.MaxPool2d(2), nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1)),
                         6, 1, 2, 4, "same"),
-    "avgpool-nearest": (lambda: seq(nn.AvgPool2d(4), conv(1), nn.Upsample(scale_factor=4)), 4, 1, 4, 4, "same"),
+    "avgpool-nearest": (lambda: seq(nn.AvgPool2d(4), conv(1, cin=3), nn.Upsample(scale_factor=4)), 4, 1, 4, 4,
+                        "same"),
 }
 
 
@@ -80,3 +81,48 @@ def test_vgg16_receptive_field_adds_fc6():
     fc6 = seq(*layers, nn.Conv2d(4, 4, 7, padding=3))
     g = analyze(fc6)
     assert (g.receptive_field, g.output_stride, g.input_multiple) == (404, 32, 32)
+
+
+# ---- the model zoo ----------------------------------------------------------------------------------------------
+ZOO_WIDTH = 0.0625
+
+
+def zoo_model(name: str) -> nn.Module:
+    return fcnkit.build_model(name, num_classes=3, width=ZOO_WIDTH).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", fcnkit.list_models())
+def test_zoo_halo_is_tight_against_probe(name):
+    g = analyze(zoo_model(name))
+    if not g.local:
+        assert getattr(zoo_model(name), "output_kind", "") != "dense"
+        return
+    # probe on an image just large enough: the centre pixel's window must fit inside it
+    size = 2 * (g.halo + g.output_stride + g.input_multiple)
+    r = probe_radius(zoo_model(name), size=size)
+    d = g.input_multiple
+    assert r is not None and r <= g.halo <= math.ceil(r / d) * d + d, (name, g, r)
+
+
+def test_zoo_classifiers_are_reported_nonlocal():
+    g = analyze(zoo_model("allconv_classifier"))
+    assert not g.local and g.nonlocal_reason.startswith("AdaptiveAvgPool2d at 'head.pool'")
+    g = analyze(zoo_model("digit_classifier"))
+    assert not g.local and "Linear at 'classifier.1'" in g.nonlocal_reason
+    assert g.nonlocal_reason.endswith("convolutionalize it first")
+
+
+def test_fcn8s_full_width_analyzes_from_the_graph_alone():
+    with torch.device("meta"):  # 134M parameters, no memory, never run
+        model = fcnkit.build_model("fcn8s", num_classes=21)
+    g = analyze(model)
+    assert g == analyze(zoo_model("fcn8s"))
+    assert (g.output_stride, g.input_multiple, g.padding, g.local) == (1, 32, "same", True)
+
+
+def test_segnet_in_training_mode_names_its_batchnorm():
+    model = fcnkit.build_model("segnet", num_classes=3, width=ZOO_WIDTH)  # train mode, as built
+    reason = analyze(model).nonlocal_reason
+    assert reason.startswith("BatchNorm2d at 'encoder.0.0.1'") and "model.eval()" in reason
+    assert analyze(model.eval()).local
