@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fcnkit
+from fcnkit.distributed import _aligned_chunks, close, connect, predict_dask, predict_into
+from fcnkit.errors import InputError, NotExactError
+
+da = pytest.importorskip("dask.array")
+
+
+def _image(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, c)).astype(np.float32)
+
+
+def _foreign_net() -> nn.Module:
+    # Not an fcnkit model: pooling to a multiple of 4, a transposed convolution back up.
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.ConvTranspose2d(8, 5, 4, stride=4),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return fcnkit.build_model("unet", num_classes=4, width=0.125).eval()
+
+
+def test_aligned_chunks_fold_a_thin_last_chunk():
+    assert _aligned_chunks(100, 32, 16) == (32, 32, 36)
+    assert _aligned_chunks(100, 32, 0) == (32, 32, 32, 4)
+    assert _aligned_chunks(20, 32, 16) == (20,)
+
+
+@pytest.mark.parametrize("output", ["logits", "labels"])
+def test_unaligned_input_chunks_give_the_whole_image_result(unet, output):
+    image = _image(250, 231)
+    # chunks of 23×31: aligned to nothing the model cares about
+    lazy = predict_dask(unet, da.from_array(image, chunks=(23, 31, 3)), output=output, chunk=32)
+    assert lazy.numblocks[:2] == (2, 2)  # the chunk side grows to the halo, a multiple of 16
+    got = lazy.compute(scheduler="synchronous")
+    want = fcnkit.predict(unet, image, output=output)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if output == "labels":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_foreign_model_and_two_dimensional_input():
+    model = nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1)).eval()
+    image = _image(50, 41, 1)[:, :, 0]
+    got = predict_dask(model, da.from_array(image, chunks=(17, 17)), chunk=16).compute(scheduler="synchronous")
+    np.testing.assert_allclose(got, fcnkit.predict(model, image), atol=1e-4, rtol=0)
+
+
+def test_the_model_is_one_task_in_the_graph():
+    lazy = predict_dask(_foreign_net(), da.from_array(_image(64, 64), chunks=16), chunk=16)
+    keys = [k for k in dict(lazy.__dask_graph__()) if "fcnkit-model" in str(k)]
+    assert len(keys) == 1
+    assert lazy.numblocks[:2] == (4, 4)
+
+
+def test_nonlocal_model_is_refused_unless_allowed():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4)).eval()
+    array = da.from_array(_image(32, 32), chunks=16)
+    with pytest.raises(NotExactError, match="GroupNorm"):
+        predict_dask(model, array)
+    with pytest.warns(UserWarning, match="not exact"):
+        predict_dask(model, array, allow_inexact=True)
+
+
+def test_bad_arguments_are_named():
+    model = _foreign_net()
+    with pytest.raises(InputError, match="output='mask'"):
+        predict_dask(model, da.zeros((8, 8, 3), chunks=4), output="mask")
+    with pytest.raises(InputError, match="chunk must be a positive"):
+        predict_dask(model, da.zeros((8, 8, 3), chunks=4), chunk=0)
+    with pytest.raises(InputError, match="local:N"):
+        connect("local:zero")
+    with pytest.raises(InputError, match="not an address"):
+        connect("somehost")
+
+
+@pytest.mark.slow
+def test_local_cluster_is_exact_and_survives_a_killed_worker(tmp_path):
+    model = _foreign_net()
+    image = _image(96, 80)
+    want = fcnkit.predict(model, image, output="logits")
+    client = connect("local:2")
+    try:
+        lazy = predict_dask(model, da.from_array(image, chunks=(40, 40, 3)), chunk=16)
+        out = np.full(want.shape, np.nan, np.float32)
+        predict_into(lazy, out, client=client)
+        np.testing.assert_allclose(out, want, atol=1e-4, rtol=0)
+
+        # Kill one worker process while its chunks are running; its nanny restarts it and dask recomputes them.
+        big = np.tile(image, (6, 6, 1))
+        slow = predict_dask(model, da.from_array(big, chunks=64), chunk=16)
+        futures = client.compute(slow)
+        deadline = time.monotonic() + 60
+        while not any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        busy = next(addr for addr, tasks in client.processing().items() if tasks)
+        pid = client.run(os.getpid, workers=[busy])[busy]
+        os.kill(pid, signal.SIGKILL)
+        assert not futures.done(), "the job finished before the worker was killed; make it longer"
+        got = futures.result(timeout=240)
+        full = fcnkit.predict(model, big, output="logits")
+        np.testing.assert_allclose(got, full, atol=1e-4, rtol=0)
+    finally:
+        close(client)
