@@ -4,7 +4,7 @@ Every model trains from scratch on 64x64 patches of the training scenes with the
 seed, then is evaluated on whole 256x256 validation scenes (handwriting never seen in training). The paper's
 finding to check (Long et al. 2015, Table 2): skips help, FCN-8s >= FCN-16s >= FCN-32s in mean IU.
 
-    python benchmarks/train_scenes.py --steps 150            # Markdown table; JSON to benchmarks/results/
+    python benchmarks/train_scenes.py --steps 300            # Markdown table; JSON to benchmarks/results/
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def _pct(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per model (default 150)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--width", type=float, default=0.25, help="channel multiplier (CPU-sized: 0.25)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate, poly decay")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per model (default 300)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--width", type=float, default=0.125, help="channel multiplier (CPU-sized: 0.125)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate, poly decay")
     parser.add_argument("--val-count", type=int, default=16, help="held-out 256x256 scenes to score")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")

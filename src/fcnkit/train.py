@@ -300,8 +300,7 @@ class _Run:
             self.window = [self.window[0] + value, self.window[1] + 1]
             self.elapsed += time.perf_counter() - started
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{self.step * cfg.batch_size / max(self.elapsed, 1e-9):.1f}"
-                            if self.step else "")
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{cfg.batch_size / (time.perf_counter() - started):.1f}")
             if self.step == self.steps or (self.eval_every and self.step % self.eval_every == 0):
                 metrics = self._evaluate_and_log()
             if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:
