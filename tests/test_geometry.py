@@ -126,3 +126,122 @@ def test_segnet_in_training_mode_names_its_batchnorm():
     reason = analyze(model).nonlocal_reason
     assert reason.startswith("BatchNorm2d at 'encoder.0.0.1'") and "model.eval()" in reason
     assert analyze(model.eval()).local
+
+
+# ---- non-local layers, foreign and untraceable models, errors ---------------------------------------------------
+class Block(nn.Module):
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.norm = norm
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class WithAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.attn = nn.MultiheadAttention(4, 1, batch_first=True)
+
+    def forward(self, x):
+        x = self.conv(x)
+        n, c, h, w = x.shape
+        seq_ = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+        out, _ = self.attn(seq_, seq_, seq_)
+        return x + out.transpose(1, 2).reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize("norm, name, why", [
+    (nn.GroupNorm(2, 4), "GroupNorm at 'decoder.1.norm'", "normalizes over the whole image"),
+    (nn.InstanceNorm2d(4), "InstanceNorm2d at 'decoder.1.norm'", "normalizes each channel over the whole image"),
+    (nn.AdaptiveAvgPool2d(1), "AdaptiveAvgPool2d at 'decoder.1.norm'", "pools the whole image to a fixed size"),
+    (nn.BatchNorm2d(4).train(), "BatchNorm2d at 'decoder.1.norm'", "call model.eval() first"),
+])
+def test_nonlocal_layer_is_named(norm, name, why):
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(3, 4, 3, padding=1))
+    model.add_module("decoder", nn.Sequential(nn.ReLU(), Block(norm)))
+    g = analyze(model)
+    assert not g.local and g.nonlocal_reason.startswith(name) and why in g.nonlocal_reason
+    assert g.receptive_field == 5  # the local part is still described
+
+
+def test_attention_and_spatial_mean_are_nonlocal():
+    g = analyze(WithAttention().eval())
+    assert g.nonlocal_reason.startswith("MultiheadAttention at 'attn'") and "attends over all positions" in \
+        g.nonlocal_reason
+
+    class SpatialMean(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y - y.mean(dim=(2, 3), keepdim=True)
+
+    assert analyze(SpatialMean()).nonlocal_reason.startswith("mean at 'mean' reduces over the spatial dimensions")
+    # eval-mode BatchNorm, InstanceNorm with running statistics and channel-wise reductions stay local
+    local = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
+                          nn.InstanceNorm2d(4, track_running_stats=True), nn.Softmax(dim=1)).eval()
+    assert analyze(local).local
+
+
+class Foreign(nn.Module):
+    """Not fcnkit's: stride-2 conv, residual, bilinear up-sampling to a skip's size, concatenation, crop by slicing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=2, dilation=2), nn.ReLU())
+        self.skip = nn.Conv2d(3, 4, 1)
+        self.head = nn.Conv2d(12, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = self.down(x)
+        y = y + self.body(y)
+        y = F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False)
+        out = self.head(torch.cat([self.skip(x), y], dim=1))
+        return out[:, :, : x.shape[2], : x.shape[3]]
+
+
+class Untraceable(Foreign):
+    def forward(self, x):
+        if x.shape[-1] % 2:  # data-dependent control flow: torch.fx cannot trace this
+            x = F.pad(x, (0, 1, 0, 1))
+        return super().forward(x)
+
+
+def test_foreign_model_analyzes_and_matches_probe():
+    g = analyze(Foreign())
+    r = probe_radius(Foreign())
+    assert (g.output_stride, g.input_multiple, g.padding, g.local) == (1, 2, "same", True)
+    assert r <= g.halo <= math.ceil(r / 2) * 2 + 2
+
+
+def test_untraceable_model_falls_back_to_the_probe():
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(Untraceable())
+    traced, probed = analyze(Foreign()), analyze(Untraceable())
+    assert (probed.output_stride, probed.input_multiple, probed.halo, probed.padding, probed.local) == (
+        traced.output_stride, traced.input_multiple, traced.halo, traced.padding, traced.local)
+
+
+def test_errors_are_clear():
+    with pytest.raises(ModelError, match="expected a convolutional model, got Sequential with no spatial layers"):
+        analyze(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)))
+    with pytest.raises(ModelError, match="expected a torch.nn.Module, got str"):
+        analyze("fcn8s")  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="expected in_channels to be a positive integer, got 0"):
+        analyze(seq(conv(3)), in_channels=0)
+
+    class Raises(Untraceable):
+        def forward(self, x):
+            if x.shape[-1] > 8:
+                raise RuntimeError("too big")
+            return super().forward(x)
+
+    with pytest.raises(ModelError, match=r"the model raised RuntimeError \(too big\) on a probe input of shape"):
+        analyze(Raises())

@@ -146,7 +146,8 @@ def measure_multiple(net: nn.Module, channels: int, stride: int, radius: int) ->
     for axis in (2, 3):
         shape = (1, channels, length, thin) if axis == 2 else (1, channels, thin, length)
         first, last = [], []
-        for start in range(0, 2 * MAX_SHIFT, 32):
+        period = None
+        for start in range(0, 2 * MAX_SHIFT, 32):  # stop as soon as a period is seen over a full extra period
             batch = _image(1, channels, shape[2], shape[3]).expand(32, -1, -1, -1).clone()
             for i in range(32):
                 index = [slice(None)] * 4
@@ -156,9 +157,12 @@ def measure_multiple(net: nn.Module, channels: int, stride: int, radius: int) ->
             rows = torch.arange(hit.shape[1]).expand_as(hit)
             first += rows.masked_fill(~hit, hit.shape[1]).amin(dim=1).tolist()
             last += rows.masked_fill(~hit, -1).amax(dim=1).tolist()
-        period = next((t for t in range(stride, MAX_SHIFT + 1, stride)
-                       if all(first[p + t] - first[p] == t // stride and last[p + t] - last[p] == t // stride
-                              for p in range(MAX_SHIFT))), None)
+            n = len(first)
+            period = next((t for t in range(stride, min(MAX_SHIFT, n // 2) + 1, stride)
+                           if all(first[p + t] - first[p] == t // stride and last[p + t] - last[p] == t // stride
+                                  for p in range(n - t))), None)
+            if period is not None:
+                break
         if period is None:
             return None
         periods.append(period)
