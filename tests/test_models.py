@@ -228,12 +228,16 @@ def test_every_model_traces_with_torch_fx(name):
         assert torch.allclose(traced(x), model(x), atol=1e-5)
 
 
+# built once for the property test below (hypothesis calls it many times); eval mode, never trained
+_DENSE = _build("encoder_decoder").eval()
+_GRID = _build("heatmap_net").eval()
+
+
 @settings(max_examples=12, deadline=None, derandomize=True)
 @given(h=st.integers(1, 70), w=st.integers(1, 70))
 def test_any_size_in_matching_size_out(h, w):
-    dense = build_model("encoder_decoder", num_classes=2, width=WIDTH).eval()
-    grid = build_model("heatmap_net", num_classes=2, width=WIDTH).eval()
     x = _image(1, h, w)
     with torch.no_grad():
-        assert dense(x).shape == (1, 2, h, w)
-        assert grid(x).shape == (1, 2, -(-h // 8), -(-w // 8))
+        assert _DENSE(x).shape == (1, NUM_CLASSES, h, w)
+        assert _GRID(x).shape == (1, NUM_CLASSES, -(-h // 8), -(-w // 8))
+
