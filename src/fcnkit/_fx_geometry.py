@@ -18,8 +18,8 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
-from fcnkit import _fx_rules as rules
-from fcnkit._fx_rules import Value
+from fcnkit import _fx_calls, _fx_rules as rules
+from fcnkit._fx_rules import Back, Value
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class _Propagation:
                     raise ValueError("the model's output holds no tensor computed from its input")
                 result = _Out(found, self.env[found].jump)
             else:
-                value = rules.apply(self, node)
+                value = _fx_calls.apply(self, node)
                 self.env[node] = value
                 for v in value if isinstance(value, tuple) else (value,):
                     if isinstance(v, Value):

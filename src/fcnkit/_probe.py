@@ -99,7 +99,10 @@ def _radius_at(net: nn.Module, channels: int, size: int, axis: int) -> int | Non
     """Radius along ``axis`` (2 rows, 3 columns) on a ``size`` × 32 image with NaN lines across the thin side."""
     shape = (size, 32) if axis == 2 else (32, size)
     base = _image(1, channels, *shape)
-    ref = _run(net, base)
+    pos = torch.arange(shape[axis - 2])
+    batch = base.expand(2, -1, -1, -1).clone()
+    batch[1] = math.nan  # one forward gives the reference and "distance >= 0"
+    ref, all_nan = _run(net, batch).split(1)
     if ref.isnan().any():
         raise ModelError("analyze: the model returns NaN for a finite probe image; fix the model's weights first.")
     n = ref.shape[axis]
@@ -107,7 +110,6 @@ def _radius_at(net: nn.Module, channels: int, size: int, axis: int) -> int | Non
     centre = n // 2
     start, end = centre * stride, centre * stride + stride - 1  # input block of the centre output pixel
     far = min(start, size - 1 - end)  # largest distance inside the image
-    pos = torch.arange(size)
     dist = torch.maximum(start - pos, pos - end).clamp(min=0)
     pick = [slice(None)] * 4
     pick[axis], pick[5 - axis] = centre, ref.shape[5 - axis] // 2
@@ -120,7 +122,8 @@ def _radius_at(net: nn.Module, channels: int, size: int, axis: int) -> int | Non
             batch[tuple(index)] = math.nan
         return _run(net, batch)[tuple(pick)].isnan().any(dim=1).tolist()
 
-    at_zero, at_far = changed([0, far])
+    at_zero = bool(all_nan[tuple(pick)].isnan().any())
+    at_far = changed([far])[0]
     if not at_zero:
         raise ModelError("analyze: the model's output does not change when its whole input does; fcnkit analyzes "
                          "networks whose output is computed from the image.")
