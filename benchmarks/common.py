@@ -1,0 +1,84 @@
+"""Helpers shared by the benchmarks: each variant in its own subprocess (so peak RSS is its own), timing, tables.
+
+A variant is a Python function ``module:function`` taking keyword arguments (JSON-able) and returning a dict; the
+child process adds ``peak_rss_bytes`` (``ru_maxrss``, the kernel's high-water mark of the process) and prints one
+JSON line, which :func:`run_isolated` parses.
+
+    row = run_isolated("benchmarks.tiling:whole", size=1024)   # {"seconds": ..., "peak_rss_bytes": ...}
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out"  # git-ignored: generated inputs and outputs
+RESULTS = ROOT / "benchmarks" / "results"
+_MARK = "FCNKIT-BENCH-RESULT "
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB, macOS in bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """``(seconds, result)`` of one call, by the monotonic high-resolution clock."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def run_isolated(target: str, *, timeout: float | None = None, env: dict[str, str] | None = None,
+                 **kwargs: Any) -> dict:
+    """Run ``module:function(**kwargs)`` in a fresh Python process; its dict result plus ``peak_rss_bytes``."""
+    code = f"import benchmarks.common as c; c._child({target!r}, {json.dumps(kwargs)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{target} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(_MARK):])
+
+
+def _child(target: str, kwargs_json: str) -> None:
+    module, name = target.split(":")
+    result = getattr(importlib.import_module(module), name)(**json.loads(kwargs_json))
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    print(_MARK + json.dumps(result), flush=True)
+
+
+def machine() -> dict:
+    """Where the numbers come from."""
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
+            platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """``columns``: (key, header, format spec); a missing value prints as an em dash."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join("—" if row.get(k) is None else format(row[k], f) for k, _, f in columns) + " |"
+            for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def write_results(name: str, data: dict) -> Path:
+    """``benchmarks/results/<name>.json``, with the machine description."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    return path
