@@ -53,11 +53,20 @@ def _atomic_target(path: str | os.PathLike, *, overwrite: bool = True) -> Iterat
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise OutputError(f"output '{path}': expected a writable folder, found {exc.strerror.lower()}; "
-                          f"choose a folder you can write to.") from None
+        from fcnkit.io.atomic import unwritable_reason  # only here: importing fcnkit.io loads zarr
+
+        raise OutputError(f"output '{path}': expected a writable folder, found that "
+                          f"{unwritable_reason(path.parent, exc)}; choose a folder you can write to.") from None
     os.close(fd)
     try:
         yield Path(tmp)
+        # exporters write by name and close without fsync: sync before the rename so a power cut cannot leave an
+        # empty file under the final name
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

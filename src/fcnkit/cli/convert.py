@@ -15,13 +15,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                         help="the window size the classifier was trained on (default: the model's input_size)")
     parser.add_argument("--out", required=True, help="the FCN checkpoint to write (.pt)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     from fcnkit.checkpoint import load_checkpoint, save_checkpoint
     from fcnkit.convert import convolutionalize
     from fcnkit.errors import CheckpointError, InputError
+    from fcnkit.io.atomic import check_target
 
+    check_target(args.out, overwrite=args.overwrite)  # before any work, and before save_checkpoint's own mkdir
     classifier = load_checkpoint(args.checkpoint)
     if getattr(classifier, "output_kind", None) != "classifier":
         raise CheckpointError(f"--checkpoint {args.checkpoint}: expected a classifier checkpoint (N, K output), "

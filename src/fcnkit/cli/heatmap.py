@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a classifier or `fcnkit convert` .pt file")
     parser.add_argument("input", metavar="INPUT", help="the image (PNG, JPEG, TIFF, ...)")
     parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--class", dest="class_", metavar="K",
                         help="class index or name (default: the class with the highest probability anywhere, "
                              "other than 'background')")
@@ -41,14 +42,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fcnkit.checkpoint import load_checkpoint
+    from fcnkit.errors import InputError
     from fcnkit.io import read_image
+    from fcnkit.io.atomic import check_target
     from fcnkit.viz import class_scores, heatmap
 
+    if not args.out.lower().endswith(".png"):
+        raise InputError(f"--out {args.out}: expected a path ending in .png, found another suffix; name the "
+                         f"picture like heat.png.")
+    check_target(args.out, overwrite=args.overwrite)
     model = load_checkpoint(args.checkpoint)
     image = read_image(args.input, mode="rgb")  # (H, W, 3) uint8
     if int(model.fcnkit_spec.get("in_channels", 3)) == 1:
         image = image.mean(axis=2, keepdims=True).astype(np.float32)
     logits, window, stride = class_scores(model, image)  # (K, H', W')
+    if logits.shape[1] == 0 or logits.shape[2] == 0:
+        raise InputError(f"{args.input} is {image.shape[0]}x{image.shape[1]} pixels, expected at least the "
+                         f"classifier's {window[0]}x{window[1]} window; use a larger image or a classifier trained "
+                         f"on smaller windows.")
     probs = torch.softmax(logits, dim=0)
     names = model.fcnkit_meta["class_names"] or [str(k) for k in range(logits.shape[0])]
     k = _class_index(args.class_, names, probs)

@@ -14,7 +14,9 @@ stride::
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 from collections.abc import Sequence
 
 import torch
@@ -161,11 +163,15 @@ def convolutionalize(classifier: nn.Module, *, input_size: Sequence[int], in_cha
     gm = trace(copy.deepcopy(reference))
     x = torch.zeros(2, in_channels, *window, dtype=next(reference.parameters(), torch.zeros(())).dtype)
     try:
-        ShapeProp(gm).propagate(x)
+        # ShapeProp prints the traceback of a failing node to stderr before re-raising; the caller gets the
+        # error below instead, and the CLI promises no traceback for a wrong --input-size
+        with contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(gm).propagate(x)
     except Exception as exc:  # whatever the classifier raises for a wrong size or channel count
+        cause = exc.__cause__ if exc.__cause__ is not None else exc  # the layer's own error, not ShapeProp's
         raise ConversionError(f"convolutionalize: the classifier fails on a (2, {in_channels}, {window[0]}, "
-                              f"{window[1]}) input ({type(exc).__name__}: {str(exc).splitlines()[0]}); pass the "
-                              f"input_size and in_channels it was trained on.") from exc
+                              f"{window[1]}) input ({type(cause).__name__}: {str(cause).splitlines()[0]}); pass "
+                              f"the input_size and in_channels it was trained on.") from exc
     body = apply_plan(gm, analyze_graph(gm))
     num_classes = _self_check(reference, body, window, in_channels)
     stride, crop = _measure(body, window, in_channels)

@@ -7,6 +7,7 @@ over the target (atomic on POSIX), then fsync the folder so the new directory en
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -49,6 +50,52 @@ def fsync_files(paths: Iterable[str | os.PathLike]) -> None:
             os.close(fd)
 
 
+def unwritable_reason(folder: str | os.PathLike, exc: OSError | None = None) -> str:
+    """Why files cannot be created in ``folder``, as a clause: a regular file in the way, a missing folder, or the
+    operating system's reason (``exc``)."""
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            if parent != folder and exc is not None and exc.errno == errno.ENOENT:
+                return f"{folder} does not exist"
+            break
+    reason = exc.strerror.lower() if exc is not None and exc.strerror else "it cannot be written"
+    return f"{folder} is not writable ({reason})"
+
+
+def check_target(path: str | os.PathLike, *, overwrite: bool = False, flag: str = "--out") -> Path:
+    """Refuse an output path before any work is spent on it; return it as a ``Path``.
+
+    Refused: an existing file (unless ``overwrite``), an existing folder, a path with a regular file among its
+    parents, and a location where no file can be created. Writability is tested by creating and deleting a
+    temporary file in the nearest existing folder, because permission bits say nothing when running as root.
+
+    >>> check_target("runs/fcn.pt", overwrite=False)   # doctest: +SKIP
+    PosixPath('runs/fcn.pt')
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path}: expected a file path, found a folder; give a file name inside it")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{flag} {path}: expected a new file, found an existing one; pass --overwrite to "
+                          "replace it or choose another path")
+    existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OutputError(f"{flag} {path}: expected a folder to write into, found that {existing} is a file, not a "
+                          "folder; choose another output location")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fcnkit-probe-", dir=existing)
+    except OSError as exc:
+        raise OutputError(f"{flag} {path}: expected a writable location, found that "
+                          f"{unwritable_reason(existing, exc)}; choose another output location or fix its "
+                          "permissions") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``, on error it is removed.
@@ -62,7 +109,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
         raise OutputError(
-            f"cannot write {target}: its folder {folder} is not writable ({exc.strerror}); "
+            f"cannot write {target}: expected a writable folder, found that {unwritable_reason(folder, exc)}; "
             "choose another output location or fix its permissions"
         ) from exc
     os.close(fd)  # reopened by name: writers such as tifffile want a file object with a real .name

@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from fcnkit.errors import OutputError
-from fcnkit.io.atomic import fsync_dir, fsync_files, remove_path, replace_dir
+from fcnkit.io.atomic import fsync_dir, fsync_files, remove_path, replace_dir, unwritable_reason
 from fcnkit.io.images import write_png
 from fcnkit.io.journal import Journal
 from fcnkit.io.ome_zarr import build_pyramid, ome_metadata
@@ -237,7 +237,8 @@ def _prepare_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(
-            f"cannot create the output folder {folder} ({exc.strerror}); choose another output location"
+            f"cannot create the output folder {folder}: {unwritable_reason(folder, exc)}; choose another output "
+            "location"
         ) from exc
     if not os.access(folder, os.W_OK):
         raise OutputError(
@@ -260,7 +261,7 @@ def _create_storage(partial: Path, fmt: str, shape: tuple[int, ...], dtype: np.d
                                  fill_value=0, dimension_names=spatial + (("c",) if len(shape) == 3 else ()))
     except OSError as exc:
         raise OutputError(
-            f"cannot write the output {partial.name[: -len('.partial')]} in {partial.parent} ({exc.strerror}); "
+            f"cannot write the output {partial.name[: -len('.partial')]}: {unwritable_reason(partial.parent, exc)}; "
             "choose a writable output location"
         ) from exc
 
