@@ -83,6 +83,9 @@ class DigitClassifier(nn.Module):
     ``features`` uses unpadded convolutions and two 2x2 poolings (total stride 4, receptive field 32), ending at
     (N, 64w, 5, 5); ``classifier`` is Flatten -> Linear -> ReLU -> Dropout -> Linear, which
     ``fcnkit.convolutionalize`` turns into a 5x5 and a 1x1 convolution: one score per 4-pixel step of a big image.
+    The head is kept light (64 hidden units at width 1): after convolutionalization the convolutions are shared
+    between overlapping windows but the 5x5 head still runs once per window position, so a heavy head would eat
+    most of the one-pass speed-up.
     """
 
     output_kind = "classifier"
@@ -90,7 +93,7 @@ class DigitClassifier(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
-        c1, c2, hidden = scaled(32, width), scaled(64, width), scaled(256, width)
+        c1, c2, hidden = scaled(32, width), scaled(64, width), scaled(64, width)
         self.in_channels = in_channels
         self.normalize = Normalize.for_channels(in_channels)
         self.features = nn.Sequential(
