@@ -314,9 +314,10 @@ def test_predict_handles_16_bit_rgb(ws, tmp_path, capsys):
 
 @pytest.mark.xfail(strict=True, reason="cli/predict.py: errors raised by tiling (NaN/Inf, channels, too small) say "
                                        "'image …' but not which input file")
-def test_predict_errors_name_the_input_file(ws, capsys):
+def test_predict_errors_name_the_input_file(ws, tmp_path, capsys):
     for checkpoint, name in (("seg.pt", "nan.tif"), ("fcn.pt", "small.png")):
-        assert main(["predict", "--checkpoint", str(ws / checkpoint), str(ws / name), "--out", str(ws / "o.png")]) == 2
+        out = tmp_path / f"{name}.png"
+        assert main(["predict", "--checkpoint", str(ws / checkpoint), str(ws / name), "--out", str(out)]) == 2
         assert name in _error_line(capsys)
 
 
@@ -330,8 +331,9 @@ def test_train_out_under_a_file(ws, capsys):
 
 @pytest.mark.xfail(strict=True, reason="checkpoint.py: a PNG given as --checkpoint is reported as 'objects that "
                                        "would run code' (torch's legacy unpickler fails) instead of 'not a checkpoint'")
-def test_image_given_as_checkpoint(ws, capsys):
-    assert main(["predict", "--checkpoint", str(ws / "good.png"), str(ws / "good.png"), "--out", str(ws / "o.png")]) == 2
+def test_image_given_as_checkpoint(ws, tmp_path, capsys):
+    assert main(["predict", "--checkpoint", str(ws / "good.png"), str(ws / "good.png"), "--out",
+                 str(tmp_path / "o.png")]) == 2
     line = _error_line(capsys)
     assert "would run code" not in line and "not a" in line
 
