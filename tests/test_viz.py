@@ -1,4 +1,5 @@
-"""Heat maps: grid placement at window centres, colour overlays, the PNG, and the heat where a pattern is."""
+"""Pictures: heat maps (grid placement at window centres, colour overlays, the PNG, the heat where a pattern is),
+palette colours, label overlays, panels with a legend, training curves; sizes, colours and refusals."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from torch import nn
 
 from fcnkit.convert import convolutionalize
 from fcnkit.errors import InputError
-from fcnkit.viz import COLORBAR_PX, heatmap, overlay, upsample_grid
+from fcnkit.data import voc_palette
+from fcnkit.viz import (COLORBAR_PX, IGNORE_RGB, PANEL_INCHES, colorize, heatmap, heatmap_panels, overlay,
+                        overlay_labels, panels, read_metrics, training_curves, upsample_grid, write_png)
+
+NAMES = ["background", "cat", "dog"]
 
 
 def _bright_square_detector() -> nn.Sequential:
@@ -86,3 +91,119 @@ def test_heatmap_errors() -> None:
         heatmap(np.zeros((2, 3, 3)), _scene(), class_index=0)
     with pytest.raises(InputError, match=r"got a Sequential without it"):
         heatmap(nn.Sequential(nn.Conv2d(1, 2, 3)), _scene(), class_index=0)
+
+
+
+def _png(path) -> np.ndarray:
+    with Image.open(path) as png:
+        return np.asarray(png.convert("RGB"))
+
+
+def test_colorize_uses_the_voc_palette_and_cream_for_ignore() -> None:
+    labels = np.array([[0, 1, 2], [15, 255, 3]], dtype=np.uint8)
+    rgb = colorize(labels)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[0], voc_palette(3))  # black, dark red, dark green
+    np.testing.assert_array_equal(rgb[1, 0], [192, 128, 128])  # VOC's "person"
+    np.testing.assert_array_equal(rgb[1, 1], IGNORE_RGB)
+    short = colorize(np.array([[1, 255]]), palette=[[0, 0, 0], [10, 20, 30]])  # 255 stays cream for any palette
+    np.testing.assert_array_equal(short[0], [[10, 20, 30], list(IGNORE_RGB)])
+
+
+def test_colorize_refuses_bad_labels_and_palettes() -> None:
+    with pytest.raises(InputError, match=r"expected class indices 0-1 \(or 255, ignore\) for a palette of 2 "
+                                         r"colours, found \[2, 7\]"):
+        colorize(np.array([[0, 2, 7]]), palette=voc_palette(2))
+    with pytest.raises(InputError, match=r"labels: expected an \(H, W\) array of integer class indices, got shape "
+                                         r"\(2, 2, 3\)"):
+        colorize(np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(InputError, match=r"float64"):
+        colorize(np.zeros((2, 2)))
+    with pytest.raises(InputError, match=r"palette: expected a \(K, 3\) array of 0-255 colours, got shape \(4,\)"):
+        colorize(np.zeros((2, 2), np.uint8), palette=[1, 2, 3, 4])
+
+
+def test_overlay_labels_tints_classes_and_keeps_background() -> None:
+    image = np.full((2, 2, 3), 100, np.uint8)
+    labels = np.array([[0, 1], [2, 0]])
+    blended = overlay_labels(image, labels, alpha=0.5)
+    np.testing.assert_array_equal(blended[0, 0], [100, 100, 100])  # background: the image as it is
+    np.testing.assert_array_equal(blended[0, 1], [114, 50, 50])  # (100 + 128) / 2, (100 + 0) / 2
+    np.testing.assert_array_equal(blended[1, 0], [50, 114, 50])
+    with pytest.raises(InputError, match=r"labels: expected the image's size \(2, 2\), got \(2, 3\)"):
+        overlay_labels(image, np.zeros((2, 3), np.uint8))
+
+
+def test_panels_size_colours_and_legend(tmp_path) -> None:
+    image = np.full((32, 48, 3), 200, np.uint8)
+    truth = np.zeros((32, 48), np.uint8)
+    truth[8:24, 8:24] = 1
+    pred = truth.copy()
+    pred[8:24, 30:46] = 2
+    out = panels(tmp_path / "p.png", [(image, truth, pred), (image, None, pred)], class_names=NAMES,
+                 titles=["first", "second"])
+    pixels = _png(out)
+    assert pixels.shape[:2] == (round(100 * (2 * PANEL_INCHES + 0.9)), round(100 * 4 * PANEL_INCHES))
+    palette = voc_palette(3)
+    # A 16x16 square of a class drawn about 5.8x enlarged is ~8,700 pixels; a legend patch is a few hundred.
+    # Class 1 is in the truth and prediction of row 1 and the prediction of row 2; class 2 in both predictions.
+    for k, squares in ((1, 3), (2, 2)):
+        count = int((pixels == palette[k]).all(axis=2).sum())
+        assert squares * 7000 < count < squares * 10000 + 1000, (k, count)
+    assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed into place
+
+
+def test_panels_refuse_mismatches(tmp_path) -> None:
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(InputError, match=r"samples\[0\]: expected the truth at the image's size \(8, 8\), got "
+                                         r"\(8, 9\)"):
+        panels(tmp_path / "p.png", [(image, np.zeros((8, 9), np.uint8), np.zeros((8, 8), np.uint8))],
+               class_names=NAMES)
+    with pytest.raises(InputError, match=r"the prediction holds class 5 but only 3 class names were given"):
+        panels(tmp_path / "p.png", [(image, None, np.full((8, 8), 5, np.uint8))], class_names=NAMES)
+    with pytest.raises(InputError, match=r"samples: expected at least one"):
+        panels(tmp_path / "p.png", [], class_names=NAMES)
+    with pytest.raises(InputError, match=r"out: expected a path ending in .png, got '.*p.jpg'"):
+        panels(tmp_path / "p.jpg", [(image, None, np.zeros((8, 8), np.uint8))], class_names=NAMES)
+    assert not list(tmp_path.iterdir())
+
+
+def test_heatmap_panels_grid(tmp_path) -> None:
+    image = np.zeros((40, 40, 3), np.uint8)
+    probs = np.full((3, 3, 3), 1 / 3)
+    out = heatmap_panels(tmp_path / "h.png", image, probs, window=(8, 8), stride=(16, 16), class_names=NAMES,
+                         columns=3)
+    assert _png(out).shape[:2] == (round(100 * (PANEL_INCHES + 0.3)), round(100 * (3 * PANEL_INCHES + 0.8)))
+    with pytest.raises(InputError, match=r"probs: expected a \(K, H', W'\) grid with K = 3 .*got shape \(2, 3, 3\)"):
+        heatmap_panels(tmp_path / "h.png", image, probs[:2], window=(8, 8), stride=(16, 16), class_names=NAMES)
+    with pytest.raises(InputError, match=r"classes: expected class indices in \[0, 2\], got \[3\]"):
+        heatmap_panels(tmp_path / "h.png", image, probs, window=(8, 8), stride=(16, 16), class_names=NAMES,
+                       classes=[3])
+
+
+def test_training_curves_from_metrics_jsonl(tmp_path) -> None:
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 5, "loss": 1.5, "mean_iu": 0.2, "pixel_accuracy": 0.7}\n'
+                   '{"step": 10, "loss": 0.9, "mean_iu": null, "pixel_accuracy": 0.8}\n')
+    assert [r["step"] for r in read_metrics(log)] == [5, 10]
+    out = training_curves(log, tmp_path / "c.png", losses={s: 2.0 / s for s in range(1, 11)}, title="run")
+    assert _png(out).shape[:2] == (360, 1000)
+    with pytest.raises(InputError, match=r"records: expected at least one evaluation record"):
+        training_curves([], tmp_path / "c.png")
+    with pytest.raises(InputError, match=r"expected the training log '.*missing.jsonl', found no such file"):
+        training_curves(tmp_path / "missing.jsonl", tmp_path / "c.png")
+    log.write_text('{"step": 5}\nnot json\n')
+    with pytest.raises(InputError, match=r"line 2 of '.*metrics.jsonl' is not JSON"):
+        read_metrics(log)
+
+
+def test_write_png_is_atomic_on_failure(tmp_path) -> None:
+    class Broken:
+        def savefig(self, path, **kw):
+            open(path, "wb").write(b"half")
+            raise RuntimeError("disk full")
+
+    (tmp_path / "x.png").write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_png(Broken(), tmp_path / "x.png")
+    assert (tmp_path / "x.png").read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.png"]

@@ -1,7 +1,9 @@
 """Pictures of model outputs: class heat maps of a convolutionalized classifier, colour-map overlays.
 
-Rendering uses matplotlib's object API with the Agg canvas, so it never touches pyplot's global state or needs a
-display.
+Also label pictures (palette colouring, overlays, image / truth / prediction panels with a legend) and training
+curves (loss and mean IU per step from ``metrics.jsonl``). Rendering uses matplotlib's object API with the
+Agg canvas, so it never touches pyplot's global state or needs a display; every PNG is written to a temporary file
+and renamed, so a reader never sees half a picture.
 """
 
 from __future__ import annotations
@@ -163,9 +165,243 @@ def _save(out: str | os.PathLike, rgb: np.ndarray, heat: np.ndarray, *, cmap: st
     bar = fig.add_axes(((image_w + 10) / total_w, 0.05, 14 / total_w, 0.9))
     fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), cax=bar).set_label(label, fontsize=9)
     bar.tick_params(labelsize=8)
+    return write_png(fig, out, dpi=dpi)
+
+
+def write_png(fig: object, out: str | os.PathLike, *, dpi: int = 100, **savefig: object) -> Path:
+    """Save a matplotlib figure as a PNG at ``out`` atomically (a temporary file in the same folder, then renamed)."""
     path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"out: expected a path ending in .png, got {str(path)!r}; name the picture like 'x.png'.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed: never a half-written PNG
-    fig.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then renamed: never a half PNG
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png", **savefig)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+# --- label pictures: palette colours, overlays, panels ------------------------------------------------------------
+
+IGNORE_RGB = (224, 224, 192)  # VOC's colour for label 255 ("ignore"), also voc_palette(256)[255]
+PANEL_INCHES = 2.8  # side of one picture in a panel figure
+MAX_LEGEND_CLASSES = 24  # more classes than this: the legend lists only those present
+
+
+def _palette(palette: object | None) -> np.ndarray:
+    from fcnkit.data import voc_palette
+
+    if palette is None:
+        return voc_palette(256)
+    pal = np.asarray(palette)
+    if pal.ndim != 2 or pal.shape[1] != 3 or len(pal) == 0 or pal.min() < 0 or pal.max() > 255:
+        raise InputError(f"palette: expected a (K, 3) array of 0-255 colours, got shape {pal.shape}; pass e.g. "
+                         f"fcnkit.data.voc_palette(K).")
+    return pal.astype(np.uint8)
+
+
+def _labels(labels: object, name: str = "labels") -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise InputError(f"{name}: expected an (H, W) array of integer class indices, got shape {array.shape} of "
+                         f"{array.dtype}; take the argmax over classes first (predict(..., output='labels')).")
+    return array.astype(np.int64)
+
+
+def colorize(labels: object, palette: object | None = None) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours ``palette[label]``; 255 (ignore) is cream as in VOC.
+
+    ``palette`` is (K, 3) uint8 (default: the VOC palette, ``fcnkit.data.voc_palette``).
+
+    >>> colorize(np.array([[0, 1], [2, 255]]))[:, :, 0].tolist()
+    [[0, 128], [0, 224]]
+    """
+    array = _labels(labels)
+    pal = _palette(palette)
+    lut = np.zeros((max(256, len(pal)), 3), np.uint8)
+    lut[:len(pal)] = pal
+    if len(pal) <= 255:
+        lut[255] = IGNORE_RGB
+    bad = (array < 0) | ((array >= len(pal)) & (array != 255))
+    if bad.any():
+        values = np.unique(array[bad]).tolist()[:5]
+        raise InputError(f"labels: expected class indices 0-{len(pal) - 1} (or 255, ignore) for a palette of "
+                         f"{len(pal)} colours, found {values}; pass a palette with a colour for every class.")
+    return lut[array]
+
+
+def overlay_labels(image: object, labels: object, *, palette: object | None = None, alpha: float = 0.55,
+                   background: int | None = 0) -> np.ndarray:
+    """Class colours blended onto ``image`` (H, W[, C]): (H, W, 3) uint8; ``background`` pixels keep the image."""
+    rgb = as_rgb(image)
+    array = _labels(labels)
+    if array.shape != rgb.shape[:2]:
+        raise InputError(f"labels: expected the image's size {rgb.shape[:2]}, got {array.shape}; predict on this "
+                         f"image or resize the labels with nearest-neighbour sampling.")
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"overlay_labels(alpha=...): expected a value in [0, 1], got {alpha}.")
+    colours = colorize(array, palette).astype(np.float64)
+    blended = np.rint((1.0 - alpha) * rgb + alpha * colours).astype(np.uint8)
+    if background is not None:
+        blended[array == background] = rgb[array == background]
+    return blended
+
+
+def _legend(fig: object, present: set[int], class_names: list[str], pal: np.ndarray) -> None:
+    from matplotlib.patches import Patch
+
+    shown = range(len(class_names)) if len(class_names) <= MAX_LEGEND_CLASSES else sorted(present)
+    handles = [Patch(facecolor=pal[k] / 255.0, edgecolor="0.35", label=class_names[k]) for k in shown]
+    if 255 in present:
+        handles.append(Patch(facecolor=np.array(IGNORE_RGB) / 255.0, edgecolor="0.35", label="ignore (255)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False, fontsize=10)
+
+
+def panels(out: str | os.PathLike, samples: list[tuple[object, object | None, object]], *,
+           class_names: list[str], palette: object | None = None, titles: list[str] | None = None) -> Path:
+    """Save one row per sample: image | truth | prediction | prediction over the image, with a class legend.
+
+    ``samples`` holds ``(image (H, W[, C]), truth (H, W) or None, prediction (H, W))`` triples; ``titles`` one
+    line per row (e.g. the row's mean IU). Returns the PNG's path; each picture is ``PANEL_INCHES`` at 100 dpi.
+    """
+    from matplotlib.figure import Figure
+
+    if not samples:
+        raise InputError("samples: expected at least one (image, truth, prediction) triple, got none.")
+    if titles is not None and len(titles) != len(samples):
+        raise InputError(f"titles: expected one per sample ({len(samples)}), got {len(titles)}.")
+    pal = _palette(palette)
+    names = list(class_names)
+    if len(pal) < len(names):
+        raise InputError(f"palette: expected a colour for each of the {len(names)} classes, got {len(pal)}; pass "
+                         f"fcnkit.data.voc_palette({len(names)}).")
+    columns = ("image", "truth", "prediction", "prediction over image")
+    fig = Figure(figsize=(PANEL_INCHES * len(columns), PANEL_INCHES * len(samples) + 0.9), layout="constrained")
+    axes = fig.subplots(len(samples), len(columns), squeeze=False)
+    present: set[int] = set()
+    for row, (image, truth, pred) in enumerate(samples):
+        rgb, pred = as_rgb(image), _labels(pred, "prediction")
+        truth = None if truth is None else _labels(truth, "truth")
+        for name, value in (("prediction", pred), ("truth", truth)):
+            if value is not None and value.shape != rgb.shape[:2]:
+                raise InputError(f"samples[{row}]: expected the {name} at the image's size {rgb.shape[:2]}, got "
+                                 f"{value.shape}.")
+            if value is not None:
+                classes = set(np.unique(value).tolist())
+                if max(classes - {255}, default=0) >= len(names):
+                    raise InputError(f"samples[{row}]: the {name} holds class {max(classes - {255})} but only "
+                                     f"{len(names)} class names were given; pass every class's name.")
+                present |= classes
+        pictures = (rgb, None if truth is None else colorize(truth, pal), colorize(pred, pal),
+                    overlay_labels(rgb, pred, palette=pal))
+        for col, (ax, picture) in enumerate(zip(axes[row], pictures)):
+            ax.set_xticks([]), ax.set_yticks([])
+            if picture is None:
+                ax.text(0.5, 0.5, "no truth", ha="center", va="center", color="0.5", transform=ax.transAxes)
+            else:
+                ax.imshow(picture, interpolation="nearest")
+            if row == 0:
+                ax.set_title(columns[col], fontsize=11)
+        if titles is not None:
+            axes[row][0].set_ylabel(titles[row], fontsize=10)
+    _legend(fig, present, names, pal)
+    return write_png(fig, out)
+
+
+def heatmap_panels(out: str | os.PathLike, image: object, probs: object, *, window: tuple[int, int],
+                   stride: tuple[int, int], class_names: list[str], classes: list[int] | None = None,
+                   columns: int = 4, cmap: str = "jet", alpha: float = 0.5) -> Path:
+    """Save the image and one heat map per class in ``classes`` (default: all but class 0) in a grid, one colour bar.
+
+    ``probs`` is the (K, H', W') per-window probability grid of a convolutionalized classifier over ``image``
+    (H, W[, C]); each class's grid is upsampled with :func:`upsample_grid` and drawn over the image.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    grid = np.asarray(probs, dtype=np.float64)
+    if grid.ndim != 3 or grid.shape[0] != len(class_names):
+        raise InputError(f"probs: expected a (K, H', W') grid with K = {len(class_names)} (one per class name), "
+                         f"got shape {grid.shape}.")
+    classes = list(range(1, len(class_names))) if classes is None else list(classes)
+    if not classes or any(not 0 <= k < len(class_names) for k in classes):
+        raise InputError(f"classes: expected class indices in [0, {len(class_names) - 1}], got {classes}.")
+    rgb = as_rgb(image)
+    rows = math.ceil((len(classes) + 1) / columns)
+    fig = Figure(figsize=(PANEL_INCHES * columns + 0.8, PANEL_INCHES * rows + 0.3), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    axes[0].imshow(rgb, interpolation="nearest")
+    axes[0].set_title("image", fontsize=11)
+    for ax, k in zip(axes[1:], classes):
+        heat = upsample_grid(grid[k], image_size=rgb.shape[:2], window=tuple(window), stride=tuple(stride))
+        ax.imshow(overlay(rgb, heat, cmap=cmap, alpha=alpha), interpolation="nearest")
+        ax.set_title(f"{class_names[k]} (peak {grid[k].max():.2f})", fontsize=11)
+    for ax in axes:
+        ax.set_xticks([]), ax.set_yticks([])
+    for ax in axes[len(classes) + 1:]:
+        ax.set_axis_off()
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=list(axes), shrink=0.6)
+    bar.set_label("class probability of the window centred here", fontsize=10)
+    return write_png(fig, out)
+
+
+# --- training curves -------------------------------------------------------------------------------------------
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The evaluation records of a training run's ``metrics.jsonl`` (one JSON object per line), in order."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"metrics: expected the training log '{path}', found no such file; point at a run "
+                         f"folder written by fcnkit train.")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"metrics: line {number} of '{path}' is not JSON ({exc.msg}); the file is damaged, "
+                                 f"rerun the training or delete that line.") from exc
+    return records
+
+
+def training_curves(records: list[dict] | str | os.PathLike, out: str | os.PathLike, *,
+                    losses: dict[int, float] | None = None, title: str | None = None) -> Path:
+    """Save loss (left) and mean IU / pixel accuracy (right) against the step, from ``metrics.jsonl`` records.
+
+    ``records`` are dicts with ``step``, ``loss`` (mean training loss since the previous record) and the metrics,
+    or the path of a ``metrics.jsonl``; ``losses`` (step -> loss of that step), when given, is drawn faintly behind.
+    """
+    from matplotlib.figure import Figure
+
+    if isinstance(records, (str, os.PathLike)):
+        records = read_metrics(records)
+    records = [r for r in records if isinstance(r, dict) and "step" in r]
+    if not records:
+        raise InputError("records: expected at least one evaluation record with a 'step', found none; train with "
+                         "evaluations (eval_every) so metrics.jsonl has lines.")
+    fig = Figure(figsize=(10.0, 3.6), layout="constrained")
+    loss_ax, score_ax = fig.subplots(1, 2)
+    if losses:
+        steps = sorted(losses)
+        loss_ax.plot(steps, [losses[s] for s in steps], color="#9db7dd", linewidth=0.8, label="per step")
+    points = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    if points:
+        loss_ax.plot(*zip(*points), "o-", color="#1f4e9c", label="mean since last evaluation")
+    loss_ax.set(xlabel="step", ylabel="training loss (cross-entropy)", title="loss")
+    loss_ax.legend(fontsize=9, frameon=False)
+    for key, label, colour in (("mean_iu", "mean IU", "#c0392b"), ("pixel_accuracy", "pixel accuracy", "#7f8c8d")):
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            score_ax.plot(*zip(*points), "o-", color=colour, label=label)
+    score_ax.set(xlabel="step", ylabel="score on held-out data", title="evaluation", ylim=(0.0, 1.0))
+    score_ax.legend(fontsize=9, frameon=False, loc="lower right")
+    for ax in (loss_ax, score_ax):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return write_png(fig, out)
