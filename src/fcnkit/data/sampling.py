@@ -43,6 +43,8 @@ class PatchSampler:
         seed: the stream's seed (a non-negative integer).
         flips: mirror left-right with probability 1/2.
         scale_jitter: ``(low, high)`` range of the zoom factor (labels resized with nearest), or None.
+        focus: probability that a patch is centred on a foreground pixel (label not 0 and not 255), which keeps
+            mostly-background data from teaching "background everywhere" first; 0 for uniform crops.
 
     Iterating yields ``(image (h, w, 3) uint8, label (h, w) uint8)`` numpy pairs forever; :meth:`batches` yields
     tensors ready for a model.
@@ -63,6 +65,7 @@ class PatchSampler:
         seed: int = 0,
         flips: bool = True,
         scale_jitter: tuple[float, float] | None = (0.75, 1.25),
+        focus: float = 0.5,
     ) -> None:
         if len(dataset) == 0:
             raise DataError("the dataset to sample patches from is empty; give it at least one image and label.")
@@ -76,6 +79,9 @@ class PatchSampler:
                     f"pass for example (0.75, 1.25), or None for no scaling."
                 )
             scale_jitter = (low, high)
+        if not 0.0 <= float(focus) <= 1.0:
+            raise DataError(f"focus must be a probability in [0, 1], got {focus!r}; pass for example 0.5, or 0.")
+        self.focus = float(focus)
         self.dataset = dataset
         self.patch = _patch_size(patch)
         self.seed = int(seed)
@@ -96,7 +102,8 @@ class PatchSampler:
         image, label = self.dataset[self._source(n)]
         rng = np.random.default_rng([self.seed, _PATCH_STREAM, n])
         return random_patch(
-            np.asarray(image), np.asarray(label), self.patch, rng, flips=self.flips, scale_jitter=self.scale_jitter
+            np.asarray(image), np.asarray(label), self.patch, rng, flips=self.flips, scale_jitter=self.scale_jitter,
+            focus=self.focus,
         )
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:

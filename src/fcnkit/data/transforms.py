@@ -52,8 +52,13 @@ def random_patch(
     *,
     flips: bool = True,
     scale_jitter: tuple[float, float] | None = (0.75, 1.25),
+    focus: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random ``patch = (h, w)`` crop of a scaled, maybe mirrored copy of ``(image, label)``.
+
+    With probability ``focus`` the crop is centred on a random foreground pixel (label neither 0 = background nor
+    255 = ignore), when the label has one: in scenes that are mostly background, uniform crops teach a network to
+    answer "background" everywhere long before it learns the objects.
 
     Scale factor ``f`` is drawn uniformly from ``scale_jitter`` (None: no scaling); rather than resizing the
     whole image, the crop is taken over ``patch / f`` source pixels and only that window is resized, so large
@@ -79,6 +84,12 @@ def random_patch(
     # Offsets range over [0, H - ch] when the source is larger, over [H - ch, 0] (the source inside padding) if not.
     top = int(round(min(0, h - ch) + oy * abs(h - ch)))
     left = int(round(min(0, w - cw) + ox * abs(w - cw)))
+    if focus > 0 and rng.random() < focus:
+        ys, xs = np.nonzero((label != 0) & (label != IGNORE))
+        if len(ys):
+            pick = rng.integers(len(ys))
+            top = int(np.clip(ys[pick] - ch // 2, min(0, h - ch), max(0, h - ch)))
+            left = int(np.clip(xs[pick] - cw // 2, min(0, w - cw), max(0, w - cw)))
     crop_image = crop_padded(image, top, left, ch, cw, 0)
     crop_label = crop_padded(label, top, left, ch, cw, IGNORE)
     crop_image, crop_label = resize_pair(crop_image, crop_label, (ph, pw))
