@@ -97,3 +97,28 @@ def test_mismatched_pair_raises():
     expected = r"expected an \(H, W, 3\) image with an \(H, W\) label, got \(4, 4, 3\) and \(4, 5\)"
     with pytest.raises(DataError, match=expected):
         random_patch(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), np.uint8), (2, 2), np.random.default_rng(0))
+
+
+def test_focus_centres_the_crop_on_a_foreground_pixel():
+    from fcnkit.data.transforms import random_patch
+
+    label = np.zeros((100, 120), np.uint8)
+    label[70:74, 10:14] = 3  # one small object in a corner
+    image = np.zeros((100, 120, 3), np.uint8)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        _, patch = random_patch(image, label, (32, 32), rng, flips=False, scale_jitter=None, focus=1.0)
+        assert (patch == 3).any()
+    # without focus, most uniform crops of this label miss the object
+    misses = sum(
+        not (random_patch(image, label, (32, 32), np.random.default_rng(s), scale_jitter=None)[1] == 3).any()
+        for s in range(20)
+    )
+    assert misses > 10
+
+
+def test_focus_must_be_a_probability():
+    from fcnkit.data import PatchSampler, open_dataset
+
+    with pytest.raises(DataError, match="focus must be a probability"):
+        PatchSampler(open_dataset("scenes:64", count=2), 32, focus=1.5)
