@@ -120,3 +120,23 @@ def test_local_cluster_is_exact_and_survives_a_killed_worker(tmp_path):
         np.testing.assert_allclose(got, full, atol=1e-4, rtol=0)
     finally:
         close(client)
+
+
+@pytest.mark.slow
+def test_cli_predict_on_a_local_cluster_equals_predict(tmp_path, capsys):
+    import zarr
+
+    from fcnkit.checkpoint import save_checkpoint
+    from fcnkit.cli import main
+    from fcnkit.io import write_png
+
+    torch.manual_seed(0)
+    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.25).eval()
+    save_checkpoint(tmp_path / "m.pt", model=model, class_names=["bg", "a", "b"])
+    image = _image(150, 133).astype(np.uint8)
+    write_png(tmp_path / "in.png", image)
+    code = main(["predict", "--checkpoint", str(tmp_path / "m.pt"), str(tmp_path / "in.png"),
+                 "--out", str(tmp_path / "out.zarr"), "--tile", "64", "--scheduler", "local:2", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    got = np.asarray(zarr.open_array(str(tmp_path / "out.zarr"), mode="r"))
+    np.testing.assert_array_equal(got, fcnkit.predict(model, image, output="labels"))
