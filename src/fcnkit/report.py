@@ -179,6 +179,10 @@ class Report:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         try:
+            # mkstemp makes the file private (0600); a report is for sharing, so give it the usual permissions.
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(self.render())
                 fh.flush()

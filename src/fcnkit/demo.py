@@ -1,0 +1,311 @@
+"""``fcnkit demo``: everything fcnkit does, end to end, on the built-in digit scenes, offline, in minutes on a CPU.
+
+1. train a small FCN-8s on 64×64 patches and score it on held-out whole scenes (the four metrics, panels);
+2. train ``digit_classifier`` on 32×32 windows, convolutionalize it, draw per-digit heat maps of a large scene in
+   one pass, and time sliding the window over the same scene (on a crop, extrapolated per window, when the full
+   loop would be slow);
+3. run exact tiled inference over a 4096×4096 scene into an OME-Zarr label image, and measure the max |difference|
+   between tiled and whole-image logits on a 1024×1024 crop (both runs see only the crop, so both are defined);
+4. write checkpoints, pictures and ``report.html`` under the output folder.
+
+The output folder: a new or empty folder is used as it is; a folder holding a previous demo's output (it has the
+``.fcnkit-demo`` marker file) is deleted and written again; any other non-empty folder is refused. Every random
+choice derives from ``seed``, so two runs give the same models and numbers (timings aside).
+
+>>> result = run_demo("demo-output", quick=True)  # doctest: +SKIP
+>>> result.metrics["mean_iu"], result.speedup, result.tiled_max_diff  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from fcnkit.errors import InputError
+from fcnkit.report import Report
+
+MARKER = ".fcnkit-demo"
+METRIC_LABELS = {"pixel_accuracy": "pixel accuracy", "mean_accuracy": "mean accuracy", "mean_iu": "mean IU",
+                 "fw_iu": "frequency-weighted IU"}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's budget. ``FULL`` is ``fcnkit demo``; ``QUICK`` (``--quick``) is for tests and a first look."""
+
+    fcn_width: float
+    fcn_steps: int
+    fcn_batch: int
+    fcn_lr: float
+    val_size: int  # side of the held-out scenes the FCN is scored on
+    val_count: int
+    clf_width: float
+    clf_steps: int
+    clf_batch: int
+    heat_size: int  # side of the scene drawn as heat maps
+    sliding_crop: int  # side of the crop the sliding-window loop is timed on (extrapolated to the scene)
+    big_size: int  # side of the scene for tiled inference
+    exact_crop: int  # side of the crop where tiled and whole-image logits are compared
+    exact_tile: int  # tile side for that comparison (several tiles, so seams are tested)
+    evaluations: int  # held-out evaluations during each training run (points on the curves)
+    seed: int = 0
+
+
+FULL = DemoSettings(fcn_width=0.25, fcn_steps=400, fcn_batch=8, fcn_lr=3e-3, val_size=256, val_count=8,
+                    clf_width=0.5, clf_steps=300, clf_batch=32, heat_size=512, sliding_crop=160, big_size=4096,
+                    exact_crop=1024, exact_tile=512, evaluations=5)
+QUICK = DemoSettings(fcn_width=0.0625, fcn_steps=30, fcn_batch=4, fcn_lr=3e-3, val_size=128, val_count=2,
+                     clf_width=0.25, clf_steps=40, clf_batch=32, heat_size=192, sliding_crop=96, big_size=1024,
+                     exact_crop=256, exact_tile=128, evaluations=2)
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured, and where it wrote it."""
+
+    out: Path
+    report: Path
+    metrics: dict  # the FCN-8s scores on held-out scenes: four metrics and per-class "iu"
+    class_names: list[str]
+    window_accuracy: float  # digit_classifier on held-out 32×32 windows
+    fcn_seconds: float  # one convolutionalized pass over the heat-map scene
+    sliding_seconds: float  # the sliding-window loop over the same scene (extrapolated when `sliding_crop` < scene)
+    sliding_extrapolated: bool
+    speedup: float
+    heat_max_diff: float  # max |FCN score − classifier score| over the windows of the crop
+    tiled_max_diff: float  # max |tiled − whole-image logits| on the exactness crop
+    tiled_labels_equal: bool
+    big_mean_iu: float  # the tiled labels of the big scene against its truth
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # stage -> (wall s, CPU s)
+
+    def summary(self) -> str:
+        """The lines the demo ends with."""
+        m = self.metrics
+        how = "extrapolated from a crop" if self.sliding_extrapolated else "measured on the whole scene"
+        lines = ["FCN-8s on held-out scenes: " + ", ".join(f"{label} {m[k]:.3f}" for k, label in
+                                                            METRIC_LABELS.items()),
+                 f"heat maps: one FCN pass {self.fcn_seconds:.2f} s vs sliding window {self.sliding_seconds:.1f} s "
+                 f"({how}): {self.speedup:.0f}x faster, max |score difference| {self.heat_max_diff:.1e}",
+                 f"tiled inference: max |tiled - whole-image logits| {self.tiled_max_diff:.1e}, labels "
+                 f"{'identical' if self.tiled_labels_equal else 'DIFFERENT'}; big-scene mean IU "
+                 f"{self.big_mean_iu:.3f}",
+                 f"report: {self.report}"]
+        return "\n".join(lines)
+
+
+def prepare_out(out: str | Path) -> Path:
+    """Make ``out`` ready: create it, or replace a previous demo output; refuse a folder with other files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: expected a folder for the demo's output, found the file '{out}'; pass another "
+                         f"--out.")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise InputError(f"out: '{out}' is not empty and is not a previous demo output (no {MARKER} file), so "
+                             f"the demo will not delete it; pass another --out or empty that folder.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by fcnkit demo; the next demo run into this folder replaces it\n")
+    return out
+
+
+class _Clock:
+    """Wall and process-CPU time per stage; the CPU time shows what a busy, shared machine did to the wall time."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.timings = log, {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.timings[stage] = (wall, cpu)
+        self.log(f"      {stage}: {wall:.1f} s (CPU {cpu:.1f} s)")
+
+
+def _segmentation(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Callable[[str], None],
+                  progress: bool) -> tuple[dict, Any]:
+    """Stage 1: train FCN-8s on patches, score it on held-out whole scenes, draw panels. -> (metrics, run)"""
+    from fcnkit.run_report import add_run_sections, load_run
+    from fcnkit.train import TrainConfig, train
+
+    log(f"[1/4] training FCN-8s (width {s.fcn_width}) for {s.fcn_steps} steps of {s.fcn_batch} random 64x64 "
+        f"patches of the training scenes, scored on {s.val_count} held-out {s.val_size}x{s.val_size} scenes "
+        f"(handwriting it never saw)")
+    with clock("train FCN-8s"):
+        result = train(TrainConfig(
+            model="fcn8s", data="scenes", patch=64, batch_size=s.fcn_batch, steps=s.fcn_steps, width=s.fcn_width,
+            lr=s.fcn_lr, eval_every=max(1, s.fcn_steps // s.evaluations), checkpoint_every=s.fcn_steps, val_size=s.val_size,
+            val_count=s.val_count, out=str(out / "fcn8s"), seed=s.seed, progress=progress))
+    metrics = result.metrics
+    log("      " + ", ".join(f"{label} {metrics[k]:.3f}" for k, label in METRIC_LABELS.items()))
+    run = load_run(out / "fcn8s")
+    with clock("FCN-8s pictures"):
+        made = add_run_sections(report, run, out / "pictures" / "fcn8s", title="FCN-8s", losses=result.losses,
+                                samples=3)
+    log(f"      panels: {made.get('samples')}")
+    return metrics, run
+
+
+def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Callable[[str], None],
+              progress: bool) -> dict:
+    """Stage 2: train the window classifier, convolutionalize it, heat maps in one pass vs the sliding loop."""
+    from fcnkit.checkpoint import save_checkpoint
+    from fcnkit.convert import convolutionalize, sliding_window
+    from fcnkit.data.scenes import make_scene
+    from fcnkit.run_report import add_run_sections, load_run
+    from fcnkit.train import TrainConfig, train
+    from fcnkit.viz import class_scores, heatmap_panels
+
+    log(f"[2/4] training digit_classifier (width {s.clf_width}) for {s.clf_steps} steps of {s.clf_batch} labelled "
+        f"32x32 windows, then convolutionalizing it")
+    with clock("train digit_classifier"):
+        result = train(TrainConfig(
+            model="digit_classifier", data="scenes", batch_size=s.clf_batch, steps=s.clf_steps,
+            width=s.clf_width, eval_every=max(1, s.clf_steps // s.evaluations), checkpoint_every=s.clf_steps,
+            out=str(out / "digit_classifier"), seed=s.seed, progress=progress))
+    accuracy = float(result.metrics["pixel_accuracy"])
+    log(f"      window accuracy on held-out windows: {accuracy:.3f}")
+    run = load_run(out / "digit_classifier")
+    add_run_sections(report, run, out / "pictures" / "digit_classifier", title="digit_classifier",
+                     losses=result.losses, samples=0)
+    classifier = run.model.eval()
+    fcn = convolutionalize(classifier, input_size=classifier.input_size).eval()
+    meta = classifier.fcnkit_meta
+    save_checkpoint(out / "digit_fcn.pt", model=fcn, class_names=meta["class_names"], palette=meta["palette"],
+                    metrics=meta["metrics"])
+    image, _ = make_scene(s.heat_size, split="val", seed=s.seed, index=1)
+    class_scores(fcn, image[:64, :64])  # warm-up: the first call pays for one-off allocations
+    with clock("heat maps, one FCN pass"):
+        logits, window, stride = class_scores(fcn, image)  # (K, H', W')
+    fcn_seconds = clock.timings["heat maps, one FCN pass"][0]
+    crop = image[:s.sliding_crop, :s.sliding_crop]
+    with torch.inference_mode():  # warm-up on the first row of windows (the same batch shape as every row)
+        sliding_window(classifier, crop[:window[0]], window=window, stride=stride)
+    with clock("sliding-window loop"), torch.inference_mode():
+        reference = sliding_window(classifier, crop, window=window, stride=stride)[0]  # (K, h', w')
+    crop_windows = reference.shape[1] * reference.shape[2]
+    all_windows = logits.shape[1] * logits.shape[2]
+    sliding_seconds = clock.timings["sliding-window loop"][0] * all_windows / crop_windows
+    # The FCN is exact on unpadded features: its grid restricted to the crop's windows is the loop's grid.
+    max_diff = float((logits[:, :reference.shape[1], :reference.shape[2]] - reference).abs().max())
+    how = (f"timed on a {s.sliding_crop}x{s.sliding_crop} crop ({crop_windows:,} windows) and extrapolated per "
+           f"window to the scene's {all_windows:,}") if crop_windows < all_windows else "timed on the whole scene"
+    log(f"      {s.heat_size}x{s.heat_size} scene, {all_windows:,} windows: one FCN pass {fcn_seconds:.2f} s, "
+        f"sliding window {sliding_seconds:.1f} s ({how}): {sliding_seconds / fcn_seconds:.0f}x faster; "
+        f"max |score difference| {max_diff:.1e}")
+    picture = heatmap_panels(out / "pictures" / "heatmaps.png", image, torch.softmax(logits, 0).numpy(),
+                             window=window, stride=stride, class_names=run.class_names)
+    report.add_image("Heat maps of every digit in one pass", picture,
+                     f"digit_classifier convolutionalized: {s.heat_size}×{s.heat_size} held-out scene, window "
+                     f"{window[0]}×{window[1]}, stride {stride[0]}, {all_windows:,} windows in one pass.")
+    report.add_key_values("Heat maps: one pass vs sliding the window", {
+        "scene": f"{s.heat_size}×{s.heat_size}", "windows": all_windows, "one FCN pass (s)": round(fcn_seconds, 3),
+        "sliding-window loop (s)": round(sliding_seconds, 2), "how the loop was timed": how,
+        "speed-up": f"{sliding_seconds / fcn_seconds:.1f}×",
+        "max |FCN − classifier| over the crop's windows": f"{max_diff:.2e}"})
+    return {"window_accuracy": accuracy, "fcn_seconds": fcn_seconds, "sliding_seconds": sliding_seconds,
+            "extrapolated": crop_windows < all_windows, "max_diff": max_diff}
+
+
+def _tiled(out: Path, s: DemoSettings, run: Any, report: Report, clock: _Clock, log: Callable[[str], None],
+           progress: bool) -> dict:
+    """Stage 3: exact tiled inference of the big scene into OME-Zarr; tiled vs whole-image logits on a crop."""
+    from fcnkit.data.scenes import make_scene
+    from fcnkit.io import create_output
+    from fcnkit.metrics import confusion_matrix, scores
+    from fcnkit.tiling import plan_prediction, predict, predict_tiled
+    from fcnkit.viz import panels
+
+    model, k = run.model, len(run.class_names)
+    log(f"[3/4] exact tiled inference of FCN-8s over a {s.big_size}x{s.big_size} held-out scene")
+    with clock("make the big scene"):
+        image, truth = make_scene(s.big_size, split="val", seed=s.seed, index=2)
+    plan = plan_prediction(model, image, output="labels", memory_limit="1GB")
+    log(f"      {len(plan.tiles)} tiles of {plan.tile[0]}x{plan.tile[1]} px with a {plan.halo} px halo "
+        f"({plan.overhead:.2f}x the image's pixels computed), labels streamed to OME-Zarr")
+    target = out / f"scene{s.big_size}_labels.ome.zarr"
+    with clock("tiled inference"):
+        output = create_output(target, plan.shape, plan.dtype, chunks=512, palette=run.palette,
+                               metadata={"class_names": run.class_names})
+        predict_tiled(model, image, tile=plan.tile, batch_size=plan.batch_size, output="labels", out=output,
+                      progress=progress)
+        labels = output[:, :]
+        output.close()
+    big = scores(confusion_matrix(labels, truth, k))
+    log(f"      wrote {target}; mean IU of the whole scene {big['mean_iu']:.3f}")
+
+    # Exactness, measured where the whole-image reference is affordable: a centre crop, predicted whole and tiled
+    # (both see only the crop, so both have the same borders; tiles smaller than the crop make seams to test).
+    c0 = (s.big_size - s.exact_crop) // 2
+    crop = np.ascontiguousarray(image[c0:c0 + s.exact_crop, c0:c0 + s.exact_crop])
+    with clock("exactness check"):
+        whole = predict(model, crop, output="logits")
+        tiles = predict_tiled(model, crop, tile=s.exact_tile, output="logits")
+    max_diff = float(np.abs(whole - tiles).max())
+    equal = bool((whole.argmax(2) == tiles.argmax(2)).all())
+    n_tiles = len(plan_prediction(model, crop, tile=s.exact_tile, output="logits").tiles)
+    log(f"      {s.exact_crop}x{s.exact_crop} crop, {n_tiles} tiles of {s.exact_tile}: max |tiled - whole-image "
+        f"logits| = {max_diff:.1e}, labels {'identical' if equal else 'DIFFERENT'}")
+
+    view = slice(c0, c0 + min(s.exact_crop, 512))
+    picture = panels(out / "pictures" / "big_scene.png", [(image[view, view], truth[view, view],
+                                                          labels[view, view])],
+                     class_names=run.class_names, palette=run.palette,
+                     titles=[f"centre of the {s.big_size}² scene"])
+    report.add_key_values("Exact tiled inference", {
+        "scene": f"{s.big_size}×{s.big_size}", "tiles": len(plan.tiles), "tile (px)": plan.tile,
+        "halo (px)": plan.halo, "computed pixels / image pixels": round(plan.overhead, 3),
+        "output": target.name, "tiled inference (s)": round(clock.timings["tiled inference"][0], 1),
+        "mean IU of the big scene": round(float(big["mean_iu"]), 4),
+        "exactness check": f"centre {s.exact_crop}×{s.exact_crop} crop, whole-image predict vs predict_tiled with "
+                           f"{n_tiles} tiles of {s.exact_tile}",
+        "max |tiled − whole-image logits|": f"{max_diff:.2e}", "labels identical": equal})
+    report.add_image("Tiled prediction of the big scene", picture,
+                     f"A {min(s.exact_crop, 512)}² window from the centre of the tiled {s.big_size}² prediction.")
+    return {"max_diff": max_diff, "labels_equal": equal, "mean_iu": float(big["mean_iu"])}
+
+
+def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
+             log: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole demo into ``out_dir`` (see the module docstring) and return what it measured."""
+    s = QUICK if quick else FULL
+    started, cpu = time.perf_counter(), time.process_time()
+    out = prepare_out(out_dir)
+    clock = _Clock(log)
+    torch.manual_seed(s.seed)
+    log(f"fcnkit demo{' --quick' if quick else ''}: writing to {out.resolve()} "
+        f"({torch.get_num_threads()} torch threads)")
+    report = Report("fcnkit demo", subtitle="built-in digit scenes" + (" · quick run" if quick else ""))
+    report.add_text("What this is", (
+        "FCN-8s trained on 64×64 patches segments whole held-out scenes; a 32×32 window classifier turned "
+        "into an FCN draws heat maps of every digit in one pass; tiled inference over a large scene equals "
+        "whole-image inference. Scenes are made of scikit-learn's handwritten digits; the held-out scenes use "
+        "handwriting never seen in training."))
+    metrics, run = _segmentation(out, s, report, clock, log, progress=not quick)
+    heat = _heatmaps(out, s, report, clock, log, progress=not quick)
+    tiled = _tiled(out, s, run, report, clock, log, progress=not quick)
+    log("[4/4] writing the report")
+    result = DemoResult(
+        out=out, report=out / "report.html", metrics=metrics, class_names=run.class_names,
+        window_accuracy=heat["window_accuracy"], fcn_seconds=heat["fcn_seconds"],
+        sliding_seconds=heat["sliding_seconds"], sliding_extrapolated=heat["extrapolated"],
+        speedup=heat["sliding_seconds"] / heat["fcn_seconds"], heat_max_diff=heat["max_diff"],
+        tiled_max_diff=tiled["max_diff"], tiled_labels_equal=tiled["labels_equal"], big_mean_iu=tiled["mean_iu"],
+        timings=clock.timings)
+    total = time.perf_counter() - started
+    report.add_table("Timings", ["stage", "wall (s)", "CPU (s)"],
+                     [(stage, round(w, 2), round(c, 2)) for stage, (w, c) in clock.timings.items()]
+                     + [("whole demo", round(total, 1), round(time.process_time() - cpu, 1))])
+    report.write(result.report)
+    log(f"fcnkit demo finished in {total:.0f} s")
+    log(result.summary())
+    return result

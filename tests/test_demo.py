@@ -1,0 +1,60 @@
+"""`fcnkit demo --quick` end to end, and how the demo treats its output folder."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fcnkit.cli import main
+from fcnkit.demo import MARKER, prepare_out
+from fcnkit.errors import InputError
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick"]) == 0
+    printed = capsys.readouterr().out
+
+    # The story ends with the four metrics, the speed-up, the exactness figure and the report's place.
+    for label in ("pixel accuracy", "mean accuracy", "mean IU", "frequency-weighted IU"):
+        assert re.search(rf"{label} \d\.\d{{3}}", printed), label
+    assert re.search(r"\d+x faster, max \|score difference\| \d\.\de[-+]\d\d", printed)
+    exact = re.search(r"max \|tiled - whole-image logits\| (\S+), labels identical", printed)
+    assert exact and float(exact.group(1)) <= 1e-4  # the exact-tiling promise, measured by the demo itself
+    assert printed.rstrip().endswith(f"report: {out / 'report.html'}")
+
+    html = (out / "report.html").read_text()
+    assert 'id="metrics"' in html and 'id="per-class-iu"' in html
+    for title in ("FCN-8s: training curves", "FCN-8s: sample pictures", "Heat maps of every digit in one pass",
+                  "Exact tiled inference", "Tiled prediction of the big scene", "FCN-8s: geometry", "Timings"):
+        assert f"<h2>{title}</h2>" in html, title
+    assert html.count("data:image/png;base64,") >= 5  # curves x2, panels, heat maps, big scene: embedded
+    for name in ("fcn8s/last.pt", "digit_classifier/last.pt", "digit_fcn.pt", "pictures/heatmaps.png",
+                 "pictures/fcn8s/samples.png", "pictures/big_scene.png", "scene1024_labels.ome.zarr/zarr.json",
+                 MARKER):
+        assert (out / name).exists(), name
+
+    # A second run into the same folder replaces the previous demo output rather than refusing it.
+    (out / "stale.txt").write_text("from the first run")
+    prepare_out(out)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER]
+
+
+def test_refuses_a_folder_that_is_not_a_demo_output(tmp_path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"fcnkit: error: out: '{tmp_path}' is not empty and is not a previous demo output (no {MARKER} file)" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(InputError, match=r"expected a folder for the demo's output, found the file"):
+        prepare_out(tmp_path / "notes.txt")
+
+
+def test_prepare_out_creates_and_marks(tmp_path) -> None:
+    out = prepare_out(tmp_path / "new" / "demo")
+    assert (out / MARKER).is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (prepare_out(empty) / MARKER).is_file()
