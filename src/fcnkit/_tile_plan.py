@@ -9,11 +9,11 @@ whole-image run pads the image, and row ``j`` of the tile's output is global out
 
 from __future__ import annotations
 
-import math
 import re
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -115,13 +115,18 @@ def parse_memory(value: int | float | str, name: str = "memory_limit") -> int:
 
 
 def default_memory_limit(device: torch.device) -> int:
-    """A quarter of what is free now: other processes (and the output writer) need the rest."""
+    """Half of the memory available now (free GPU memory on CUDA).
+
+    Half, because larger tiles cut the halo's extra work ((T+2h)/T per split axis) and a budget the whole image fits
+    in makes tiled inference one tile, the whole-image run; the other half is left to the rest of the machine. Of the
+    budget, ``TILE_SHARE`` goes to the tiles, the rest to the read-ahead and write queues.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
     import psutil
 
-    return int(psutil.virtual_memory().available * 0.25)
+    return int(psutil.virtual_memory().available * 0.5)
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -172,38 +177,49 @@ def activation_bytes_per_pixel(model: torch.nn.Module, channels: int, multiple: 
     return cached[key]
 
 
+def _axis_options(n_in: int, n_out: int, margins: Margins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct tile side along one axis: ``(side, largest padded extent, total padded extent)`` arrays.
+
+    Side ``t`` (input pixels, a multiple of D) for 1, 2, ... tiles per axis, down to one multiple of D; extents
+    count the halo that each tile reads (clipped at the image edge) and its zero padding to D.
+    """
+    s, d = margins.stride, margins.multiple
+    most = min(_MAX_SPLITS, max(1, -(-n_out * s // d)))
+    sides = np.unique([round_up(-(-n_out // k) * s, d) for k in range(1, most + 1)])[::-1]
+    largest, total = np.empty(len(sides), np.int64), np.empty(len(sides), np.int64)
+    for i, side in enumerate(sides):
+        t_out = int(side) // s
+        a = np.arange(0, n_out, t_out, dtype=np.int64)
+        b = np.minimum(a + t_out, n_out)
+        extent = np.minimum(n_in, b * s + margins.hi) - np.maximum(0, a * s - margins.lo)
+        padded = -(-extent // d) * d
+        largest[i], total[i] = padded.max(), padded.sum()
+    return sides.astype(np.int64), largest, total
+
+
 def choose_tile(in_shape: tuple[int, int], out_shape: tuple[int, int], margins: Margins, *, bytes_per_pixel: float,
                 budget: int, batch_size: int) -> tuple[int, int]:
-    """The tile (input pixels, multiples of D) that needs the least computation, halo included, within ``budget``.
+    """The tile ``(th, tw)`` (input pixels, multiples of D) that needs the least computation within ``budget``.
 
-    ``bytes_per_pixel`` is the cost of one padded input pixel in flight (activations, input, output). Larger tiles
-    amortise the halo ((T+2h)²/T² extra work), so the best is usually the largest that fits; the number of tiles per
-    axis is chosen first and the tiles are then balanced, so no thin strip is left at the edge.
+    ``bytes_per_pixel`` is the cost of one padded input pixel in flight (activations, input, output). The work of a
+    tiling is the sum of its tiles' padded areas, halo included; a halo is only read on the sides of a tile that
+    have a neighbour, so tiles need not be square: full-width strips of a 4096² image cost (4096 + 2h)/4096 where
+    2×2 squares cost ((2048 + 2h)/2048)². Every pair of per-axis tile counts is scored (tiles balanced so that no
+    thin strip is left at the edge); ties go to the fewest tiles.
     """
     per_tile = budget * TILE_SHARE / (batch_size * bytes_per_pixel)  # padded pixels one tile may have
-    axes = []
-    for n_in, n_out in zip(in_shape, out_shape):
-        options = []  # (max padded extent, total padded extent, tile side) for 1, 2, ... splits
-        for splits in range(1, min(_MAX_SPLITS, max(1, -(-n_out * margins.stride // margins.multiple))) + 1):
-            side = round_up(-(-n_out // splits) * margins.stride, margins.multiple)
-            if options and side == options[-1][2]:
-                continue
-            spans = _axis(n_in, n_out, side // margins.stride, margins)
-            extents = [p for *_, p in spans]
-            options.append((max(extents), sum(extents), side))
-            if max(extents) ** 2 <= per_tile:  # no larger split count can be needed on this axis
-                break
-        axes.append(options)
-    best = None
-    for ey, sy, ty in axes[0]:
-        for ex, sx, tx in axes[1]:
-            if ey * ex <= per_tile:
-                cost = (sy * sx, -ty * tx)  # least work, then the fewest tiles
-                if best is None or cost < best[0]:
-                    best = (cost, (ty, tx))
-                break  # more splits along x only add halo
-    if best is None:
-        smallest = axes[0][-1][0] * axes[1][-1][0] * batch_size * bytes_per_pixel / TILE_SHARE
+    sy, ey, wy = _axis_options(in_shape[0], out_shape[0], margins)
+    sx, ex, wx = _axis_options(in_shape[1], out_shape[1], margins)
+    fits = ey[:, None].astype(float) * ex[None, :] <= per_tile
+    if not fits.any():
+        smallest = ey[-1] * ex[-1] * batch_size * bytes_per_pixel / TILE_SHARE
         raise InputError(f"memory_limit={budget} bytes is too small for even the smallest tile of this model "
                          f"(about {smallest / 2**20:.0f} MiB); raise memory_limit or pass tile= explicitly.")
-    return best[1]
+    candidates = np.flatnonzero(fits)
+    work = (wy[:, None].astype(float) * wx[None, :]).ravel()[candidates]
+    area = (sy[:, None].astype(float) * sx[None, :]).ravel()[candidates]
+    wide = np.broadcast_to(sx[None, :], fits.shape).ravel()[candidates]
+    # least work, then the fewest tiles, then rows before columns (contiguous reads and writes in row-major arrays)
+    best = candidates[np.lexsort((-wide, -area, work))[0]]
+    iy, ix = divmod(int(best), len(sx))
+    return int(sy[iy]), int(sx[ix])
