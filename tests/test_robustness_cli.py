@@ -283,8 +283,6 @@ def test_overwrite_is_the_explicit_way_to_replace(ws, tmp_path, capsys):
     capsys.readouterr()
 
 
-@pytest.mark.xfail(strict=True, reason="cli/predict.py: grey and RGBA files are refused for an RGB model instead of "
-                                       "being converted as read_image(mode='rgb') does")
 def test_predict_converts_grey_and_alpha_images(ws, tmp_path):
     grey = np.random.default_rng(4).integers(0, 256, (40, 48)).astype(np.uint8)
     _png(tmp_path / "grey.png", grey)
@@ -297,8 +295,6 @@ def test_predict_converts_grey_and_alpha_images(ws, tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="cli/predict.py: a 16-bit RGB image is fed to a model that expects 0-255 "
-                                       "values, silently, instead of being scaled to 8 bits or refused")
 def test_predict_handles_16_bit_rgb(ws, tmp_path, capsys):
     rgb8 = np.random.default_rng(5).integers(0, 256, (40, 48, 3)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "rgb16.tif", rgb8.astype(np.uint16) * 257)

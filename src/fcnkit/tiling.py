@@ -35,7 +35,7 @@ from fcnkit._tile_plan import (
 from fcnkit._tile_runner import finish, read_window, run_plan, to_model_input
 from fcnkit.errors import InputError, ModelError, NotExactError, OutputError
 
-__all__ = ["Tile", "TilePlan", "plan_prediction", "plan_tiles", "predict", "predict_tiled"]
+__all__ = ["Tile", "TilePlan", "expected_channels", "plan_prediction", "plan_tiles", "predict", "predict_tiled"]
 
 OUTPUTS = ("logits", "probs", "labels")
 _GEOMETRY_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -246,12 +246,19 @@ def _geometry(model: torch.nn.Module, channels: int) -> Any:
     return cached[channels]
 
 
-def _check_channels(model: torch.nn.Module, channels: int) -> None:
+def expected_channels(model: torch.nn.Module) -> int | None:
+    """The number of input channels ``model`` takes: its fcnkit spec's ``in_channels``, else its first Conv2d's;
+    ``None`` when neither says."""
     spec = getattr(model, "fcnkit_spec", None)
     expected = spec.get("in_channels") if isinstance(spec, dict) else None
     if expected is None:
         first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         expected = first.in_channels if first is not None else None
+    return expected
+
+
+def _check_channels(model: torch.nn.Module, channels: int) -> None:
+    expected = expected_channels(model)
     if expected is not None and expected != channels:
         raise InputError(f"image has {channels} channel(s) but the model expects {expected}; convert the image "
                          f"(e.g. grey -> RGB with np.repeat) or use a model built with in_channels={channels}.")

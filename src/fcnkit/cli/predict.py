@@ -9,6 +9,7 @@ Output tiles are aligned to the storage chunks, so a killed run resumed with ``-
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
         if not args.quiet:
             print(f"{target}: already complete, skipped")
         return
-    image = open_image(source)
+    image = _adapted(open_image(source), model, source)
     output = "labels" if args.output == "overlay" else args.output
     tile = args.tile if args.tile is not None else _previous_tile(target) if args.resume else None
     plan = plan_prediction(model, image, tile=tile, output=output, batch_size=args.batch_size, device=args.device,
@@ -129,6 +130,87 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
         print(f"{target}: {plan.shape[0]}×{plan.shape[1]} {output}, {len(plan.tiles)} tiles of "
               f"{plan.tile[0]}×{plan.tile[1]} (halo {plan.halo}, {plan.overhead:.2f}× work), "
               f"{megapixels / seconds:.2f} MP/s")
+
+
+def _adapted(image: Any, model: Any, source: Path) -> Any:
+    """``image`` as the model wants it, converted window by window the way ``read_image(mode="rgb")`` converts a
+    whole file: grey (+alpha) repeated to RGB, alpha dropped, 16-bit scaled to 0-255; a note on stderr says so.
+
+    Only conversions that lose nothing the model could use happen; any other channel mismatch is left for tiling
+    to refuse.
+    """
+    from fcnkit.tiling import expected_channels
+
+    have = image.shape[2] if len(image.shape) == 3 else 1
+    want = expected_channels(model)
+    channels = have if want is None or (have, want) not in _CHANNEL_CONVERSIONS else want
+    dtype = np.dtype(image.dtype)
+    # fcnkit models are trained on 8-bit values (datasets scale 16-bit files by 1/257 too)
+    scale = dtype.kind == "u" and dtype.itemsize == 2
+    if channels == have and not scale:
+        return image
+    done = [_CHANNEL_CONVERSIONS[(have, want)]] if channels != have else []
+    if scale:
+        done.append("16-bit values scaled to 8 bits (/257)")
+    print(f"fcnkit: note: {source}: {', '.join(done)}, as the model expects.", file=sys.stderr)
+    return ConvertedView(image, channels=channels, scale_16_bit=scale)
+
+
+# (channels in the file, channels the model takes) -> what the conversion does
+_CHANNEL_CONVERSIONS = {
+    (1, 3): "grey repeated to RGB",
+    (2, 3): "alpha dropped and grey repeated to RGB",
+    (4, 3): "alpha dropped",
+    (2, 1): "alpha dropped",
+}
+
+
+class ConvertedView:
+    """A lazy ``(H, W, channels)`` view of an ``(H, W, C)`` image that converts each window as it is read.
+
+    ``view[y0:y1, x0:x1]`` reads ``image[y0:y1, x0:x1]`` only (memory stays O(window)), drops an alpha channel
+    (C = 2 or 4), repeats one grey channel to ``channels`` = 3, and with ``scale_16_bit`` maps 0-65535 to uint8
+    0-255 (``round(v / 257)``, 65535 -> 255 exactly). A third index selects channels of the converted window.
+    """
+
+    def __init__(self, image: Any, *, channels: int, scale_16_bit: bool) -> None:
+        self._image = image
+        self._channels = channels
+        self._scale = scale_16_bit
+        self.shape = (int(image.shape[0]), int(image.shape[1]), channels)
+        self.dtype = np.dtype(np.uint8) if scale_16_bit else np.dtype(image.dtype)
+        self.ndim = 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 3 or any(k is Ellipsis for k in key):
+            raise IndexError(f"index the image as img[y0:y1, x0:x1] or img[y0:y1, x0:x1, c]; got {key!r}")
+        rows, cols, chans = key + (slice(None),) * (3 - len(key))
+        # integers read a one-pixel slice (the source keeps its axes), dropped again at the end as numpy would
+        window = np.asarray(self._image[_as_slice(rows), _as_slice(cols)])
+        if window.ndim == 2:
+            window = window[:, :, np.newaxis]
+        if self._scale:
+            window = np.round(window / 257.0).astype(np.uint8)
+        if window.shape[2] in (2, 4) and self._channels < window.shape[2]:
+            window = window[:, :, : window.shape[2] - 1]
+        if window.shape[2] == 1 and self._channels > 1:
+            window = np.repeat(window, self._channels, axis=2)
+        drop = tuple(0 if isinstance(k, (int, np.integer)) else slice(None) for k in (rows, cols))
+        return window[drop + (chans,)]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[:, :]
+        return data if dtype is None else data.astype(dtype)
+
+
+def _as_slice(index: Any) -> Any:
+    if isinstance(index, (int, np.integer)):
+        return slice(index, index + 1) if index != -1 else slice(-1, None)
+    return index
 
 
 def _compute(model: Any, image: Any, out: Any, plan: Any, output: str, args: argparse.Namespace) -> None:
