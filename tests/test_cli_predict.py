@@ -150,6 +150,16 @@ def test_16_bit_grey_is_converted_with_a_note(checkpoint, tmp_path, capsys):
                                   _expected(checkpoint, read_image(tmp_path / "g16.png", mode="rgb")))
 
 
+def test_a_channel_count_that_cannot_be_converted_is_refused_naming_the_file(checkpoint, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "five.tif", np.zeros((16, 16, 5), np.uint8), photometric="minisblack",
+                     planarconfig="contig")
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "five.tif"), "--out",
+                 str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fcnkit: error: {tmp_path / 'five.tif'} has 5 channel(s) but the model expects 3")
+    assert not (tmp_path / "o.png").exists()
+
+
 def _run(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "fcnkit", "predict", *argv], env=env,

@@ -308,8 +308,6 @@ def test_predict_handles_16_bit_rgb(ws, tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="cli/predict.py: errors raised by tiling (NaN/Inf, channels, too small) say "
-                                       "'image …' but not which input file")
 def test_predict_errors_name_the_input_file(ws, tmp_path, capsys):
     for checkpoint, name in (("seg.pt", "nan.tif"), ("fcn.pt", "small.png")):
         out = tmp_path / f"{name}.png"

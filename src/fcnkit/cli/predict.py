@@ -63,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
     targets = _targets([Path(p) for p in args.inputs], Path(args.out), args.out.endswith(("/", "\\")),
                        args.output, args.suffix)
     for source, target in targets:
-        _predict_one(model, source, target, args)
+        try:
+            _predict_one(model, source, target, args)
+        except InputError as exc:
+            # tiling's errors say "image …" (it does not know file names): say which file instead
+            message = str(exc)
+            if not message.startswith("image ") or str(source) in message:
+                raise
+            raise type(exc)(f"{source} {message[len('image '):]}") from exc
     return 0
 
 
