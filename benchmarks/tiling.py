@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,9 +27,11 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import OUT, markdown_table, run_isolated, timed, write_results  # noqa: E402
+from benchmarks.common import OUT, RESULTS, markdown_table, run_isolated, timed, write_results  # noqa: E402
 
 SMALL_MODEL = {"name": "unet", "width": 0.25}
+CROP = 1024  # side of the whole-image reference crop at sizes where the whole image does not fit
+BASE_RSS = 0.5 * 2**30  # python, torch, the model and the image, before the forward pass
 
 
 def _unet():
@@ -37,14 +40,16 @@ def _unet():
     import fcnkit
 
     torch.manual_seed(0)
-    return fcnkit.build_model("unet", num_classes=3).eval()
+    # FCNKIT_BENCH_WIDTH: a thinner unet, to try the benchmark itself quickly; the results use the default (1.0)
+    return fcnkit.build_model("unet", num_classes=3, width=float(os.environ.get("FCNKIT_BENCH_WIDTH", 1.0))).eval()
 
 
 def _image(size: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (size, size, 3)).astype(np.uint8)
 
 
-def in_memory(variant: str, size: int, monai_path: str = "") -> dict:
+def in_memory(variant: str, size: int, monai_path: str = "", memory_limit: str | None = None,
+              corner: tuple[int, int] = (0, 0)) -> dict:
     """One variant on the in-memory image (runs in a child process); logits saved for the comparison."""
     import torch
 
@@ -52,15 +57,24 @@ def in_memory(variant: str, size: int, monai_path: str = "") -> dict:
 
     model, image = _unet(), _image(size)
     predict(model, image[:64, :64])  # warm-up: oneDNN picks its kernels
-    info: dict = {"variant": variant}
+    info: dict = {"variant": variant, "size": size}
     if variant == "whole":
         seconds, logits = timed(lambda: predict(model, image))
     elif variant == "tiled":
-        plan = plan_prediction(model, image)
+        plan = plan_prediction(model, image, memory_limit=memory_limit)
         h, (th, tw) = plan.halo, plan.tile
+        # the halo's extra work: every tile's padded area over the image (rectangles have halo only where they
+        # have a neighbour), and the same for one interior tile of this shape
         info.update(tile=f"{th}×{tw}", halo=h, tiles=len(plan.tiles), overhead=plan.overhead,
-                    interior_overhead=(th + 2 * h) * (tw + 2 * h) / (th * tw))
-        seconds, logits = timed(lambda: predict_tiled(model, image))
+                    interior_overhead=(min(th + 2 * h, size) * min(tw + 2 * h, size)) / (th * tw),
+                    memory_limit=memory_limit or "default (half of available)")
+        seconds, logits = timed(lambda: predict_tiled(model, image, memory_limit=memory_limit))
+    elif variant == "crop_reference":
+        # the whole-image run on a D-aligned crop centred on the first tile corner: its inside (one halo in from
+        # the crop's edges) sees only pixels of the crop, so it must equal the tiled run there
+        y, x = (min(t, size - CROP // 2) - CROP // 2 for t in corner)
+        seconds, logits = timed(lambda: predict(model, image[y:y + CROP, x:x + CROP]))
+        info.update(origin=[y, x])
     else:
         sys.path.insert(0, monai_path)
         from monai.inferers import sliding_window_inference
@@ -76,19 +90,43 @@ def in_memory(variant: str, size: int, monai_path: str = "") -> dict:
         seconds, logits = timed(run)
     OUT.mkdir(parents=True, exist_ok=True)
     np.save(OUT / f"tiling_{variant}_{size}.npy", np.ascontiguousarray(logits, np.float32))
-    return {**info, "seconds": seconds, "megapixels_per_s": size * size / 1e6 / seconds}
+    return {**info, "seconds": seconds, "megapixels_per_s": logits.shape[0] * logits.shape[1] / 1e6 / seconds}
 
 
-def _compare(size: int, variant: str) -> tuple[float, float]:
-    """max |logits − whole| and the fraction of differing labels, read back by rows to keep the parent small."""
-    whole = np.load(OUT / f"tiling_whole_{size}.npy", mmap_mode="r")
+def whole_image_estimate(size: int) -> float:
+    """Bytes the whole-image run of the default unet needs at ``size``²: the measured cost per padded pixel
+    (activations, input and output copies) plus what the process holds before it starts (checked at the size that
+    runs: ``estimate_gib`` next to ``rss_gib``)."""
+    import torch
+
+    from fcnkit.tiling import _bytes_per_pixel, _geometry
+
+    model = _unet()
+    geometry = _geometry(model, 3)
+    per_pixel = _bytes_per_pixel(model, 3, geometry, torch.device("cpu"), "logits")
+    side = -(-size // geometry.input_multiple) * geometry.input_multiple
+    return per_pixel * side * side + BASE_RSS
+
+
+def _compare(size: int, variant: str, reference: str = "whole", origin: tuple[int, int] = (0, 0),
+             inset: int = 0) -> tuple[float, float]:
+    """max |logits − reference| and the fraction of differing labels, read back by rows to keep the parent small.
+
+    ``reference`` covers the region starting at ``origin``; only its inside, ``inset`` pixels from each edge,
+    is compared (for a crop reference, the part that sees no zero padding at the crop's edge).
+    """
+    ref = np.load(OUT / f"tiling_{reference}_{size}.npy", mmap_mode="r")
     other = np.load(OUT / f"tiling_{variant}_{size}.npy", mmap_mode="r")
-    worst, differ = 0.0, 0
-    for y in range(0, size, 256):
-        a, b = np.asarray(whole[y:y + 256]), np.asarray(other[y:y + 256])
+    (y0, x0), n = origin, ref.shape[0]
+    worst, differ, count = 0.0, 0, 0
+    for y in range(inset, n - inset, 256):
+        rows = slice(y, min(y + 256, n - inset))
+        a = np.asarray(ref[rows, inset:ref.shape[1] - inset])
+        b = np.asarray(other[y0 + rows.start:y0 + rows.stop, x0 + inset:x0 + ref.shape[1] - inset])
         worst = max(worst, float(np.abs(a - b).max()))
         differ += int((a.argmax(2) != b.argmax(2)).sum())
-    return worst, differ / (size * size)
+        count += a.shape[0] * a.shape[1]
+    return worst, differ / count
 
 
 def _bigtiff(side: int) -> Path:
@@ -144,6 +182,65 @@ def out_of_core(side: int, memory_limit: str) -> dict:
     return {"side": side, "seconds": seconds, "megapixels_per_s": side * side / 1e6 / seconds}
 
 
+def _out_of_core_part(sides: list[int], memory_limit: str) -> dict:
+    """``fcnkit predict`` on each side's BigTIFF, one process each: MP/s and peak RSS side by side."""
+    rows = []
+    for side in sides:
+        path = _bigtiff(side)  # generated before the timed child starts
+        row = run_isolated("benchmarks.tiling:out_of_core", side=side, memory_limit=memory_limit)
+        row.update(rss_gib=row["peak_rss_bytes"] / 2**30, load_average=os.getloadavg()[0],
+                   input_gib=path.stat().st_size / 2**30)
+        rows.append(row)
+        print(f"{side}²: {row['seconds']:.1f} s, {row['rss_gib']:.2f} GiB", file=sys.stderr, flush=True)
+    return {"model": SMALL_MODEL, "memory_limit": memory_limit, "rows": rows}
+
+
+def _in_memory_part(size: int, monai_path: str, monai_large: bool) -> dict:
+    """Whole vs tiled vs MONAI at the largest size whose whole-image run fits; tiled (vs MONAI) at ``size``."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    probes = []
+    for side in sorted({size, round(size / 2**0.5 / 16) * 16, size // 2}, reverse=True):
+        need = whole_image_estimate(side)
+        # the same share the tiler takes by default: never push the shared machine into swap or the OOM killer
+        probes.append({"size": side, "estimate_gib": need / 2**30, "fits": need <= 0.5 * available,
+                       "available_gib": available / 2**30})
+        print(f"whole {side}²: needs ~{need / 2**30:.1f} GiB of {available / 2**30:.1f} GiB available: "
+              f"{'runs' if probes[-1]['fits'] else 'does not fit'}", file=sys.stderr, flush=True)
+    fitting = [p["size"] for p in probes if p["fits"]]
+    whole_size = fitting[0] if fitting else None
+    has_monai = Path(monai_path, "monai").exists()
+    rows = []
+
+    def run(variant: str, side: int, **kw) -> dict:
+        row = run_isolated("benchmarks.tiling:in_memory", variant=variant, size=side, monai_path=monai_path, **kw)
+        row["rss_gib"] = row["peak_rss_bytes"] / 2**30
+        row["load_average"] = os.getloadavg()[0]
+        print(f"{variant} {side}²: {row['seconds']:.1f} s, {row['rss_gib']:.2f} GiB", file=sys.stderr, flush=True)
+        rows.append(row)
+        return row
+
+    if whole_size is not None:
+        whole = run("whole", whole_size)
+        whole.update(max_diff=0.0, labels_differ=0.0, vs_whole=1.0,
+                     estimate_gib=next(p["estimate_gib"] for p in probes if p["size"] == whole_size))
+        for variant in ["tiled"] + (["monai"] if has_monai else []):
+            row = run(variant, whole_size)
+            row["max_diff"], row["labels_differ"] = _compare(whole_size, variant)
+            row["vs_whole"] = row["seconds"] / whole["seconds"]
+    if whole_size != size:
+        tiled = run("tiled", size)
+        large = [tiled] + ([run("monai", size)] if has_monai and monai_large else [])
+        ref = run("crop_reference", size, corner=[int(v) for v in tiled["tile"].split("×")])
+        for row in large:
+            row["max_diff"], row["labels_differ"] = _compare(size, row["variant"], "crop_reference",
+                                                             tuple(ref["origin"]), inset=tiled["halo"])
+            row["compared_on"] = f"{CROP - 2 * tiled['halo']}² inside a {CROP}² whole-image crop at {ref['origin']}"
+    return {"model": "unet (default options)", "whole_probes": probes, "whole_size": whole_size, "size": size,
+            "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1024² in memory; 2k and 4k out of core")
@@ -151,43 +248,48 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="*", help="out-of-core sides (default 8192 16384 32768)")
     parser.add_argument("--memory-limit", default="1GB", help="for the out-of-core runs (default 1GB)")
     parser.add_argument("--monai-path", default="/tmp/monai", help="folder where MONAI was pip-installed")
+    parser.add_argument("--monai-large", action="store_true",
+                        help="also run MONAI at the full in-memory size (about 2× the tiled time)")
+    parser.add_argument("--part", choices=["all", "in_memory", "out_of_core"], default="all",
+                        help="run one part; the other part's results in tiling.json are kept")
     args = parser.parse_args()
     size = args.size or (1024 if args.quick else 4096)
     sides = args.sides if args.sides is not None else ([2048, 4096] if args.quick else [8192, 16384, 32768])
-
-    rows = []
-    variants = ["whole", "tiled"] + (["monai"] if Path(args.monai_path, "monai").exists() else [])
-    for variant in variants:
-        row = run_isolated("benchmarks.tiling:in_memory", variant=variant, size=size, monai_path=args.monai_path)
-        row["max_diff"], row["labels_differ"] = (0.0, 0.0) if variant == "whole" else _compare(size, variant)
-        row["rss_gib"] = row["peak_rss_bytes"] / 2**30
-        rows.append(row)
-        print(f"{variant}: {row['seconds']:.1f} s", file=sys.stderr, flush=True)
-    whole_s = rows[0]["seconds"]
-    for row in rows:
-        row["vs_whole"] = row["seconds"] / whole_s
-
-    slides = []
-    for side in sides:
-        row = run_isolated("benchmarks.tiling:out_of_core", side=side, memory_limit=args.memory_limit)
-        row["rss_gib"] = row["peak_rss_bytes"] / 2**30
-        slides.append(row)
-        print(f"{side}²: {row['seconds']:.1f} s", file=sys.stderr, flush=True)
-
-    path = write_results("tiling", {"in_memory": {"model": "unet (default options)", "size": size, "rows": rows},
-                                    "out_of_core": {"model": SMALL_MODEL, "memory_limit": args.memory_limit,
-                                                    "rows": slides}})
-    print(f"### In memory: unet, {size}×{size} RGB\n")
-    print(markdown_table(rows, [("variant", "method", "s"), ("seconds", "time (s)", ".1f"),
-                                ("vs_whole", "× whole", ".2f"), ("rss_gib", "peak RSS (GiB)", ".2f"),
-                                ("max_diff", "max |Δ logits|", ".2e"), ("labels_differ", "labels differ", ".2e"),
-                                ("tile", "tile", "s"), ("interior_overhead", "(T+2h)²/T²", ".3f"),
-                                ("overhead", "work / image", ".3f")]))
-    print(f"\n### Out of core: BigTIFF -> OME-Zarr labels, unet width {SMALL_MODEL['width']}, "
-          f"--memory-limit {args.memory_limit}\n")
-    print(markdown_table(slides, [("side", "side", "d"), ("seconds", "time (s)", ".1f"),
-                                  ("megapixels_per_s", "MP/s", ".2f"), ("rss_gib", "peak RSS (GiB)", ".2f")]))
+    previous = RESULTS / "tiling.json"
+    results = json.loads(previous.read_text()) if previous.exists() else {}
+    if args.part in ("all", "in_memory"):
+        results["in_memory"] = _in_memory_part(size, args.monai_path, args.monai_large)
+    if args.part in ("all", "out_of_core"):
+        results["out_of_core"] = _out_of_core_part(sides, args.memory_limit)
+    results.pop("machine", None)
+    path = write_results("tiling", results)
+    print(tables(results))
     print(f"\n{json.dumps(str(path))}")
+
+
+def tables(results: dict) -> str:
+    """The Markdown tables of the README."""
+    parts = []
+    if "in_memory" in results:
+        part = results["in_memory"]
+        probes = "; ".join(f"{p['size']}²: ~{p['estimate_gib']:.1f} GiB" + ("" if p["fits"] else " (does not fit)")
+                           for p in part.get("whole_probes", []))
+        parts.append(f"### In memory: unet (width 1.0), random weights, RGB\n\nWhole image needs {probes}; "
+                     f"available {part['whole_probes'][0]['available_gib']:.1f} GiB, whole runs only within half.\n")
+        parts.append(markdown_table(part["rows"], [
+            ("size", "size", "d"), ("variant", "method", "s"), ("seconds", "time (s)", ".1f"),
+            ("vs_whole", "× whole", ".2f"), ("rss_gib", "peak RSS (GiB)", ".2f"),
+            ("max_diff", "max abs Δ logits", ".2e"), ("labels_differ", "labels differ", ".2e"), ("tile", "tile", "s"),
+            ("overhead", "work / image", ".3f"), ("interior_overhead", "one interior tile, padded / own area", ".3f"),
+            ("load_average", "load", ".1f")]))
+    if "out_of_core" in results:
+        part = results["out_of_core"]
+        parts.append(f"\n### Out of core: BigTIFF -> OME-Zarr labels, {part['model']}, "
+                     f"--memory-limit {part['memory_limit']}\n")
+        parts.append(markdown_table(part["rows"], [
+            ("side", "side", "d"), ("seconds", "time (s)", ".1f"), ("megapixels_per_s", "MP/s", ".2f"),
+            ("rss_gib", "peak RSS (GiB)", ".2f"), ("tile", "tile", "s"), ("load_average", "load", ".1f")]))
+    return "\n".join(parts)
 
 
 if __name__ == "__main__":
