@@ -315,8 +315,6 @@ def test_predict_errors_name_the_input_file(ws, tmp_path, capsys):
         assert name in _error_line(capsys)
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: `--out` under a regular file raises NotADirectoryError with a "
-                                       "traceback instead of an OutputError")
 def test_train_out_under_a_file(ws, capsys):
     code = main(["train", "--model", "unet", "--width", "0.125", "--data", f"folder:{ws}/ds_ignore",
                  "--num-classes", "3", "--patch", "16", "--steps", "1", "--out", str(ws / "a_file" / "run")])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fcnkit.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from fcnkit.errors import CheckpointError, DataError, InputError, ModelError
+from fcnkit.errors import CheckpointError, DataError, InputError, ModelError, OutputError
 from fcnkit.train import TrainConfig, train
 from fcnkit.train_setup import Batches, init_from_checkpoint
 
@@ -147,6 +147,12 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     with pytest.raises(InputError, match=r"holds a run already.*--resume.*--overwrite"):
         train(_config(tmp_path, steps=1))
     assert train(_config(tmp_path, steps=1, overwrite=True)).step == 1
+
+
+def test_out_under_a_regular_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputError, match=r"a_file is a file, not a folder"):
+        train(_config(tmp_path, "a_file/run", model="nope"))  # refused before the model name is even looked at
 
 
 def test_resume_with_another_model_is_refused(tmp_path):

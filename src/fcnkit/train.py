@@ -29,6 +29,7 @@ from fcnkit import _ddp
 from fcnkit.checkpoint import capture_rng, load_state_strict, read_checkpoint, restore_rng, save_checkpoint
 from fcnkit.errors import CheckpointError, InputError
 from fcnkit.evaluate import check_kind, evaluate_dense, evaluate_windows, summary
+from fcnkit.io.atomic import check_target
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.train_setup import Batches, add_windows, build_optimizer, init_from_checkpoint, open_data
 
@@ -182,6 +183,8 @@ class _Run:
     def __init__(self, cfg: TrainConfig, dist: _ddp.Dist):
         self.cfg, self.dist, self.device = cfg, dist, dist.device
         self.out = Path(cfg.out)
+        # a regular file in the path or no write permission: refused before mkdir can fail with a traceback
+        check_target(self.out / "last.pt", overwrite=True, flag="--out")
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         resume_from = _prepare_out(cfg, self.out, dist.is_main)
