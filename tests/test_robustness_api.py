@@ -258,8 +258,6 @@ def test_failed_report_keeps_the_old_report(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: --overwrite deletes last.pt/best.pt before the data is opened, so "
-                                       "a typo in --data destroys the previous run")
 def test_failed_overwrite_of_a_run_keeps_its_checkpoints(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

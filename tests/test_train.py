@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from fcnkit.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from fcnkit.errors import CheckpointError, DataError, InputError, ModelError, OutputError
-from fcnkit.train import TrainConfig, train
+from fcnkit.train import TrainConfig, _truncate_log, train
 from fcnkit.train_setup import Batches, init_from_checkpoint
 
 @pytest.fixture(autouse=True)
@@ -149,10 +150,44 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     assert train(_config(tmp_path, steps=1, overwrite=True)).step == 1
 
 
+def test_a_failed_overwrite_keeps_the_previous_run_and_a_failed_start_leaves_no_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "best.pt", "metrics.jsonl"):
+        (run / name).write_text(f"previous {name}")
+    with pytest.raises(ModelError, match="nope"):
+        train(_config(tmp_path, model="nope", overwrite=True))
+    with pytest.raises(CheckpointError, match="missing.pt"):
+        train(_config(tmp_path, init_from=str(tmp_path / "missing.pt"), overwrite=True))
+    assert {p.name: p.read_text() for p in run.iterdir()} == {
+        name: f"previous {name}" for name in ("last.pt", "best.pt", "metrics.jsonl")}
+    with pytest.raises(ModelError, match="nope"):
+        train(_config(tmp_path, "fresh", model="nope"))
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_out_under_a_regular_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(OutputError, match=r"a_file is a file, not a folder"):
         train(_config(tmp_path, "a_file/run", model="nope"))  # refused before the model name is even looked at
+
+
+def test_truncate_log_keeps_earlier_lines_and_is_atomic(tmp_path, monkeypatch):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (2, 4, 6)))
+    before = log.read_text()
+
+    def power_cut(fd):
+        raise OSError("fsync failed (simulated)")
+
+    monkeypatch.setattr(os, "fsync", power_cut)
+    with pytest.raises(OSError, match="simulated"):
+        _truncate_log(log, 4)
+    assert log.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    monkeypatch.undo()
+    _truncate_log(log, 4)
+    assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [2, 4]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
 
 
 def test_resume_with_another_model_is_refused(tmp_path):

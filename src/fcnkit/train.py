@@ -29,7 +29,7 @@ from fcnkit import _ddp
 from fcnkit.checkpoint import capture_rng, load_state_strict, read_checkpoint, restore_rng, save_checkpoint
 from fcnkit.errors import CheckpointError, InputError
 from fcnkit.evaluate import check_kind, evaluate_dense, evaluate_windows, summary
-from fcnkit.io.atomic import check_target
+from fcnkit.io.atomic import atomic_file, check_target
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.train_setup import Batches, add_windows, build_optimizer, init_from_checkpoint, open_data
 
@@ -120,9 +120,11 @@ def check_config(cfg: TrainConfig) -> None:
                          f"machine; pass --device cpu.")
 
 
-def _prepare_out(cfg: TrainConfig, out: Path, is_main: bool) -> Path | None:
-    """The last.pt to resume from (or None); refuses to silently overwrite a finished or running run."""
-    last = out / "last.pt"
+def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
+    """The last.pt to resume from (or None). Refuses, before any work and without touching anything, an --out that
+    cannot hold a run (a regular file in its path, no write permission) or that holds one already (unless
+    ``resume``/``overwrite``)."""
+    last = check_target(out / "last.pt", overwrite=True, flag="--out")
     if cfg.resume:
         if not last.is_file():
             raise CheckpointError(f"resume: expected '{last}' from an earlier run, found none; train without "
@@ -131,10 +133,16 @@ def _prepare_out(cfg: TrainConfig, out: Path, is_main: bool) -> Path | None:
     if last.exists() and not cfg.overwrite:
         raise InputError(f"out: '{out}' holds a run already (last.pt); pass --resume to continue it, "
                          f"--overwrite to start over, or another --out.")
-    if is_main:
+    return None
+
+
+def _start_out(out: Path, *, fresh: bool) -> None:
+    """Create the run folder; for a fresh run delete the files of the run it replaces (``overwrite``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if fresh:
         for name in ("last.pt", "best.pt", "metrics.jsonl"):
             (out / name).unlink(missing_ok=True)
-    return None
+    _remove_stale_temporaries(out)
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -154,7 +162,8 @@ def _truncate_log(log: Path, step: int) -> None:
     if not log.is_file():
         return
     lines = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    log.write_text("".join(ln + "\n" for ln in lines))
+    with atomic_file(log, "w") as f:  # a kill while rewriting must not lose the lines that stay
+        f.write("".join(ln + "\n" for ln in lines))
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -183,14 +192,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, dist: _ddp.Dist):
         self.cfg, self.dist, self.device = cfg, dist, dist.device
         self.out = Path(cfg.out)
-        # a regular file in the path or no write permission: refused before mkdir can fail with a traceback
-        check_target(self.out / "last.pt", overwrite=True, flag="--out")
-        if dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        resume_from = _prepare_out(cfg, self.out, dist.is_main)
-        if dist.is_main:
-            _remove_stale_temporaries(self.out)
-        dist.barrier()  # nobody reads last.pt before rank 0 has checked the folder
+        resume_from = _check_out(cfg, self.out)
         _seed_everything(cfg.seed)
 
         self.data = open_data(cfg)
@@ -210,6 +212,10 @@ class _Run:
         self.steps = cfg.steps if cfg.steps is not None else cfg.epochs * math.ceil(
             len(self.data.train) / cfg.batch_size)
         self.eval_every = cfg.eval_every if cfg.eval_every is not None else max(1, self.steps // 5)
+        # Only now, with the data, the model and --init-from checked, may an --overwrite delete the previous run.
+        if dist.is_main:
+            _start_out(self.out, fresh=resume_from is None)
+        dist.barrier()  # nobody reads last.pt before rank 0 has set up the folder
 
         # channels_last suits cuDNN's tensor cores, and measured 15-30% faster per training step on CPU as well
         # (fcn8s, unet, segnet at width 0.25, 16 patches of 64x64, oneDNN).
