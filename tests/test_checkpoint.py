@@ -16,7 +16,7 @@ from fcnkit.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from fcnkit.errors import CheckpointError
+from fcnkit.errors import CheckpointError, OutputError
 
 
 def _tiny(name: str = "fcn32s", num_classes: int = 3):
@@ -95,6 +95,14 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
         save_checkpoint(path, model=_Spec(), step=2)
     assert read_checkpoint(path)["step"] == 1
     assert sorted(os.listdir(tmp_path)) == ["last.pt"]  # no temporary file left behind
+
+
+def test_save_under_a_regular_file_names_the_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"'.*file/run/last\.pt': expected a writable folder, found that "
+                                          r".*file is a file, not a folder"):
+        save_checkpoint(tmp_path / "file" / "run" / "last.pt", model=_Spec())
+    assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
 def test_missing_file(tmp_path):

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from fcnkit.errors import InputError
+from fcnkit.errors import InputError, OutputError
 from fcnkit.report import Report
 
 SCORES = {
@@ -44,6 +44,13 @@ def test_write_is_atomic_and_leaves_no_partial(tmp_path):
     path = _report().write(tmp_path / "sub" / "report.html")
     assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]
+
+
+def test_write_under_a_regular_file_is_an_output_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"report '.*file/report\.html': expected a writable folder, found that "
+                                          r".*file is a file, not a folder"):
+        _report().write(tmp_path / "file" / "report.html")
 
 
 def test_bad_image_and_class_names_are_refused(tmp_path):

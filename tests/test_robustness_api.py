@@ -268,8 +268,6 @@ def test_failed_overwrite_of_a_run_keeps_its_checkpoints(tmp_path, capsys):
     assert (run / "last.pt").read_bytes() == b"the previous run"
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.py: save_checkpoint to a path under a regular file raises a raw "
-                                       "NotADirectoryError instead of an FcnkitError")
 def test_save_checkpoint_to_an_impossible_location(tmp_path, unet):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FcnkitError, match="file"):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnkit.errors import CheckpointError, FcnkitError
+from fcnkit.errors import CheckpointError, FcnkitError, OutputError
 
 FORMAT = "fcnkit-checkpoint"
 VERSION = 1
@@ -109,7 +109,8 @@ def save_checkpoint(
 
     The file is written to a temporary file in the same folder, flushed, fsynced and renamed over ``path``, so a
     kill at any moment leaves either the old checkpoint or the new one, never a broken file. ``palette`` is a
-    (K, 3) array-like of uint8 colours. ``rng`` is :func:`capture_rng`'s dict.
+    (K, 3) array-like of uint8 colours. ``rng`` is :func:`capture_rng`'s dict. A folder that cannot be created or
+    written (a regular file in the path, no permission) raises :class:`OutputError` naming it.
     """
     spec = getattr(model, "fcnkit_spec", None)
     if spec is None:
@@ -138,8 +139,16 @@ def save_checkpoint(
         payload["scheduler"] = scheduler.state_dict()
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        from fcnkit.io.atomic import unwritable_reason
+
+        raise OutputError(
+            f"checkpoint '{path}': expected a writable folder, found that {unwritable_reason(path.parent, exc)}; "
+            f"choose another location or fix its permissions."
+        ) from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         with os.fdopen(fd, "wb") as f:

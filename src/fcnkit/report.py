@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from fcnkit.errors import InputError
+from fcnkit.errors import InputError, OutputError
 
 _METRIC_NAMES = {
     "pixel_accuracy": "pixel accuracy",
@@ -174,10 +174,19 @@ class Report:
         return "\n".join(parts)
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the report atomically (a kill leaves the old file or the new one, never half of one)."""
+        """Write the report atomically (a kill leaves the old file or the new one, never half of one).
+
+        A folder that cannot be created or written raises ``OutputError`` naming it."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        except OSError as exc:
+            from fcnkit.io.atomic import unwritable_reason
+
+            raise OutputError(f"report '{target}': expected a writable folder, found that "
+                              f"{unwritable_reason(target.parent, exc)}; choose another location or fix its "
+                              f"permissions.") from exc
         try:
             # mkstemp makes the file private (0600); a report is for sharing, so give it the usual permissions.
             mask = os.umask(0)
