@@ -32,6 +32,7 @@ from fcnkit.errors import InputError
 from fcnkit.report import Report
 
 MARKER = ".fcnkit-demo"
+HEAT_VIEW = 256  # side of the scene corner drawn as heat maps (a larger one makes the digits too small to see)
 METRIC_LABELS = {"pixel_accuracy": "pixel accuracy", "mean_accuracy": "mean accuracy", "mean_iu": "mean IU",
                  "fw_iu": "frequency-weighted IU"}
 
@@ -49,6 +50,7 @@ class DemoSettings:
     clf_width: float
     clf_steps: int
     clf_batch: int
+    clf_val_windows: int  # held-out 32x32 windows the classifier is scored on
     heat_size: int  # side of the scene drawn as heat maps
     sliding_crop: int  # side of the crop the sliding-window loop is timed on (extrapolated to the scene)
     big_size: int  # side of the scene for tiled inference
@@ -58,12 +60,12 @@ class DemoSettings:
     seed: int = 0
 
 
-FULL = DemoSettings(fcn_width=0.25, fcn_steps=400, fcn_batch=8, fcn_lr=3e-3, val_size=256, val_count=8,
-                    clf_width=0.5, clf_steps=300, clf_batch=32, heat_size=512, sliding_crop=160, big_size=4096,
-                    exact_crop=1024, exact_tile=512, evaluations=5)
+FULL = DemoSettings(fcn_width=0.125, fcn_steps=300, fcn_batch=8, fcn_lr=3e-3, val_size=256, val_count=8,
+                    clf_width=0.5, clf_steps=400, clf_batch=32, clf_val_windows=550, heat_size=512,
+                    sliding_crop=160, big_size=4096, exact_crop=1024, exact_tile=512, evaluations=5)
 QUICK = DemoSettings(fcn_width=0.0625, fcn_steps=30, fcn_batch=4, fcn_lr=3e-3, val_size=128, val_count=2,
-                     clf_width=0.25, clf_steps=40, clf_batch=32, heat_size=192, sliding_crop=96, big_size=1024,
-                     exact_crop=256, exact_tile=128, evaluations=2)
+                     clf_width=0.25, clf_steps=40, clf_batch=32, clf_val_windows=110, heat_size=192,
+                     sliding_crop=96, big_size=1024, exact_crop=256, exact_tile=128, evaluations=2)
 
 
 @dataclass
@@ -143,8 +145,8 @@ def _segmentation(out: Path, s: DemoSettings, report: Report, clock: _Clock, log
     with clock("train FCN-8s"):
         result = train(TrainConfig(
             model="fcn8s", data="scenes", patch=64, batch_size=s.fcn_batch, steps=s.fcn_steps, width=s.fcn_width,
-            lr=s.fcn_lr, eval_every=max(1, s.fcn_steps // s.evaluations), checkpoint_every=s.fcn_steps, val_size=s.val_size,
-            val_count=s.val_count, out=str(out / "fcn8s"), seed=s.seed, progress=progress))
+            lr=s.fcn_lr, eval_every=max(1, s.fcn_steps // s.evaluations), checkpoint_every=s.fcn_steps,
+            val_size=s.val_size, val_count=s.val_count, out=str(out / "fcn8s"), seed=s.seed, progress=progress))
     metrics = result.metrics
     log("      " + ", ".join(f"{label} {metrics[k]:.3f}" for k, label in METRIC_LABELS.items()))
     run = load_run(out / "fcn8s")
@@ -171,7 +173,7 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
         result = train(TrainConfig(
             model="digit_classifier", data="scenes", batch_size=s.clf_batch, steps=s.clf_steps,
             width=s.clf_width, eval_every=max(1, s.clf_steps // s.evaluations), checkpoint_every=s.clf_steps,
-            out=str(out / "digit_classifier"), seed=s.seed, progress=progress))
+            val_count=s.clf_val_windows, out=str(out / "digit_classifier"), seed=s.seed, progress=progress))
     accuracy = float(result.metrics["pixel_accuracy"])
     log(f"      window accuracy on held-out windows: {accuracy:.3f}")
     run = load_run(out / "digit_classifier")
@@ -202,11 +204,17 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
     log(f"      {s.heat_size}x{s.heat_size} scene, {all_windows:,} windows: one FCN pass {fcn_seconds:.2f} s, "
         f"sliding window {sliding_seconds:.1f} s ({how}): {sliding_seconds / fcn_seconds:.0f}x faster; "
         f"max |score difference| {max_diff:.1e}")
-    picture = heatmap_panels(out / "pictures" / "heatmaps.png", image, torch.softmax(logits, 0).numpy(),
-                             window=window, stride=stride, class_names=run.class_names)
+    # Draw a corner of the scene large enough to read; its windows' scores are those of the one full pass.
+    view = min(s.heat_size, HEAT_VIEW)
+    cells = [(view - w) // st + 1 for w, st in zip(window, stride)]
+    picture = heatmap_panels(out / "pictures" / "heatmaps.png", image[:view, :view],
+                             torch.softmax(logits[:, :cells[0], :cells[1]], 0).numpy(), window=window,
+                             stride=stride, class_names=run.class_names)
+    log(f"      heat maps: {picture}")
     report.add_image("Heat maps of every digit in one pass", picture,
-                     f"digit_classifier convolutionalized: {s.heat_size}×{s.heat_size} held-out scene, window "
-                     f"{window[0]}×{window[1]}, stride {stride[0]}, {all_windows:,} windows in one pass.")
+                     f"digit_classifier convolutionalized, run once over a {s.heat_size}×{s.heat_size} held-out "
+                     f"scene ({all_windows:,} windows of {window[0]}×{window[1]} at stride {stride[0]}); shown: its "
+                     f"top-left {view}×{view}.")
     report.add_key_values("Heat maps: one pass vs sliding the window", {
         "scene": f"{s.heat_size}×{s.heat_size}", "windows": all_windows, "one FCN pass (s)": round(fcn_seconds, 3),
         "sliding-window loop (s)": round(sliding_seconds, 2), "how the loop was timed": how,

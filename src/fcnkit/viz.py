@@ -312,11 +312,11 @@ def panels(out: str | os.PathLike, samples: list[tuple[object, object | None, ob
 
 def heatmap_panels(out: str | os.PathLike, image: object, probs: object, *, window: tuple[int, int],
                    stride: tuple[int, int], class_names: list[str], classes: list[int] | None = None,
-                   columns: int = 4, cmap: str = "jet", alpha: float = 0.5) -> Path:
+                   columns: int = 4, cmap: str = "jet", alpha: float = 0.6) -> Path:
     """Save the image and one heat map per class in ``classes`` (default: all but class 0) in a grid, one colour bar.
 
     ``probs`` is the (K, H', W') per-window probability grid of a convolutionalized classifier over ``image``
-    (H, W[, C]); each class's grid is upsampled with :func:`upsample_grid` and drawn over the image.
+    (H, W[, C]); each class's grid is upsampled with :func:`upsample_grid` and drawn over the image in grey.
     """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -330,6 +330,8 @@ def heatmap_panels(out: str | os.PathLike, image: object, probs: object, *, wind
     if not classes or any(not 0 <= k < len(class_names) for k in classes):
         raise InputError(f"classes: expected class indices in [0, {len(class_names) - 1}], got {classes}.")
     rgb = as_rgb(image)
+    # Jet over a colourful image is hard to read: draw the heat over the image's brightness only.
+    grey = as_rgb(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
     rows = math.ceil((len(classes) + 1) / columns)
     fig = Figure(figsize=(PANEL_INCHES * columns + 0.8, PANEL_INCHES * rows + 0.3), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
@@ -337,8 +339,8 @@ def heatmap_panels(out: str | os.PathLike, image: object, probs: object, *, wind
     axes[0].set_title("image", fontsize=11)
     for ax, k in zip(axes[1:], classes):
         heat = upsample_grid(grid[k], image_size=rgb.shape[:2], window=tuple(window), stride=tuple(stride))
-        ax.imshow(overlay(rgb, heat, cmap=cmap, alpha=alpha), interpolation="nearest")
-        ax.set_title(f"{class_names[k]} (peak {grid[k].max():.2f})", fontsize=11)
+        ax.imshow(overlay(grey, heat, cmap=cmap, alpha=alpha), interpolation="nearest")
+        ax.set_title(f"{class_names[k]}: peak {grid[k].max():.2f}", fontsize=11)
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
     for ax in axes[len(classes) + 1:]:

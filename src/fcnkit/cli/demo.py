@@ -7,7 +7,7 @@ import argparse
 HELP = "run the end-to-end demo on the built-in digit scenes (offline, a few minutes on a CPU) and write a report"
 EXAMPLE = """
 fcnkit demo                          # everything under demo-output/, ends by printing where report.html is
-fcnkit demo --out /tmp/demo --quick  # a short run (under a minute): smaller models, fewer steps, 1024x1024 scene
+fcnkit demo --out /tmp/demo --quick  # a short check (about a minute): tiny models, a 1024x1024 scene
 """
 
 
