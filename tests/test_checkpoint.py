@@ -127,6 +127,31 @@ def test_not_a_checkpoint(tmp_path):
         read_checkpoint(tmp_path / "plain.pt")
 
 
+@pytest.mark.parametrize("content, looks_like", [
+    (b"\x89PNG\r\n\x1a\n" + bytes(40), "it looks like a PNG image"),
+    (b"\xff\xd8\xff\xe0" + bytes(40), "it looks like a JPEG image"),
+    (b"II*\x00" + bytes(40), "it looks like a TIFF image"),
+    (b"", "it is empty"),
+    (b"hello world\n", "it looks like a text file"),
+    (bytes(range(200, 256)), "its first bytes are c8 c9 ca cb cc cd ce cf"),
+])
+def test_a_file_that_is_not_a_torch_checkpoint_says_what_it_looks_like(tmp_path, content, looks_like):
+    (tmp_path / "x.pt").write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(tmp_path / "x.pt")
+    message = str(info.value)
+    assert "x.pt': expected a PyTorch checkpoint" in message and f"not a PyTorch checkpoint ({looks_like})" in message
+    assert "would run code" not in message
+
+
+def test_both_torch_formats_pass_the_magic_check(tmp_path):
+    model = _tiny()
+    path = save_checkpoint(tmp_path / "m.pt", model=model)
+    data = torch.load(path, weights_only=True)
+    torch.save(data, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert read_checkpoint(tmp_path / "legacy.pt")["model"] == data["model"]
+
+
 class _Payload:
     """Unpickling this would create a file; weights_only must refuse before running it."""
 

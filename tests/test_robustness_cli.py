@@ -321,8 +321,6 @@ def test_train_out_under_a_file(ws, capsys):
     assert code == 2 and "a_file" in _error_line(capsys)
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.py: a PNG given as --checkpoint is reported as 'objects that "
-                                       "would run code' (torch's legacy unpickler fails) instead of 'not a checkpoint'")
 def test_image_given_as_checkpoint(ws, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(ws / "good.png"), str(ws / "good.png"), "--out",
                  str(tmp_path / "o.png")]) == 2

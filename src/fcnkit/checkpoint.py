@@ -182,6 +182,17 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
             f"{'a folder' if path.is_dir() else 'nothing'}; check the path."
         )
     try:
+        looks_like = _not_torch(path)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint '{path}': expected a readable file, found that it cannot be read "
+                              f"({exc.strerror or exc}); fix its permissions or use another copy.") from None
+    if looks_like is not None:
+        raise CheckpointError(
+            f"checkpoint '{path}': expected a PyTorch checkpoint (a zip or pickle file written by torch.save), "
+            f"found that it is not a PyTorch checkpoint ({looks_like}); pass a .pt file written by "
+            f"`fcnkit train` or `fcnkit convert`."
+        )
+    try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc) or "Weights only" in str(exc):
@@ -218,6 +229,45 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
                 f"the file is damaged, use another copy."
             )
     return data
+
+
+# Files that are often passed by mistake, by their first bytes (magic numbers).
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+    (b"II+\x00", "a BigTIFF image"), (b"MM\x00+", "a BigTIFF image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+    (b"\x1f\x8b", "a gzip archive"),
+)
+
+
+def _not_torch(path: Path) -> str | None:
+    """What ``path`` looks like (a clause) when its first bytes rule out a torch.save file, else None.
+
+    torch.save writes a zip archive (``PK\\x03\\x04``) or, in the legacy format, a pickle that opens with the PROTO
+    opcode (``\\x80`` and protocol 2-5). Checking this first keeps an image from reaching the unpickler, whose
+    failure on it would read like a refused pickle with code.
+    """
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return None
+    if not head:
+        return "it is empty"
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return f"it looks like {what}"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1:
+        return "it looks like a safetensors file, which `fcnkit inspect` and `fcnkit export` read"
+    try:
+        if all(c.isprintable() or c.isspace() for c in head.decode("utf-8")):
+            return "it looks like a text file"
+    except UnicodeDecodeError:
+        pass  # binary
+    return f"its first bytes are {head[:8].hex(' ')}"
 
 
 def build_from_spec(spec: dict, *, source: str = "spec") -> nn.Module:
