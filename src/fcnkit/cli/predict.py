@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="suffix", metavar="SUFFIX",
                         help="suffix of each output in an --out folder: .png, .zarr, .ome.zarr or .tif")
     parser.add_argument("--tile", type=int, help="tile side in pixels (default: the largest that fits in memory)")
-    parser.add_argument("--memory-limit", help="memory for the tiles, e.g. 4GB (default: a quarter of free memory)")
+    parser.add_argument("--memory-limit", help="memory for the tiles, e.g. 4GB (default: half of the available memory)")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: what fits)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:K")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished tiles")
