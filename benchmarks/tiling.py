@@ -1,16 +1,20 @@
 """Benchmark: exact tiled inference against the whole image and MONAI, then out of core from BigTIFF to OME-Zarr.
 
-1. In memory: fcnkit's default ``unet`` (random weights, seed 0) on a SIZE×SIZE RGB image: ``predict_tiled``
-   (defaults: tile from the memory budget), ``predict`` (whole image) and MONAI's ``sliding_window_inference``
-   (roi 512, overlap 0.25, gaussian). Each in its own process: time, peak RSS, max |logits − whole| and the
-   fraction of labels that differ from the whole-image run.
+1. In memory: fcnkit's default ``unet`` (width 1.0, random weights, seed 0) on SIZE×SIZE RGB noise. The whole-image
+   run needs ~1.6 GiB per megapixel, so it is estimated first (measured cost per pixel) at SIZE, SIZE/√2 and SIZE/2
+   and run only at the largest size whose estimate fits in half of the available memory (the others are recorded
+   as not fitting). There: ``predict`` (whole), ``predict_tiled`` (defaults) and MONAI's
+   ``sliding_window_inference`` (roi 512, overlap 0.25, gaussian): time, peak RSS, max |logits − whole|, labels
+   that differ. At SIZE: ``predict_tiled`` (and MONAI with ``--monai-large``), checked against the whole-image run
+   of a 1024² crop centred on a tile corner. Each variant in its own process (its own peak RSS).
 2. Out of core: a tiled BigTIFF RGB of each side (written tile by tile into benchmarks/out/) through
-   ``fcnkit predict`` to OME-Zarr labels with a small model, ``--memory-limit 1GB``: MP/s and peak RSS.
+   ``fcnkit predict`` to OME-Zarr labels with a fast model, ``--memory-limit 1GB``: MP/s and peak RSS.
 
-Writes benchmarks/results/tiling.json and prints Markdown tables. MONAI is imported from ``--monai-path`` (install
-it there with ``pip install --target /tmp/monai --no-deps monai``); it is never needed by fcnkit itself.
+Writes benchmarks/results/tiling.json (``--part`` keeps the other part's results) and prints Markdown tables. MONAI
+is imported from ``--monai-path`` (``pip install --target /tmp/monai --no-deps monai``); fcnkit never needs it.
+The machine's load average is recorded with each timing: on a shared machine the times are noisy.
 
-    python benchmarks/tiling.py            # 4096² in memory; 8k, 16k, 32k out of core (hours on 2 cores)
+    python benchmarks/tiling.py            # 4096² in memory (whole at 2048² on 24 GiB); 8k, 16k, 32k out of core
     python benchmarks/tiling.py --quick    # 1024² in memory; 2k, 4k out of core
 """
 
@@ -246,6 +250,8 @@ def _in_memory_part(size: int, monai_path: str, monai_large: bool) -> dict:
             row["max_diff"], row["labels_differ"] = _compare(size, row["variant"], "crop_reference",
                                                              tuple(ref["origin"]), inset=tiled["halo"])
             row["compared_on"] = f"{CROP - 2 * tiled['halo']}² inside a {CROP}² whole-image crop at {ref['origin']}"
+            if whole_size is not None:  # time per pixel against the whole-image run at the largest size that fits
+                row["vs_whole_per_pixel"] = (row["seconds"] / size**2) / (whole["seconds"] / whole_size**2)
     return {"model": "unet (default options)", "whole_probes": probes, "whole_size": whole_size, "size": size,
             "rows": rows}
 
@@ -287,7 +293,8 @@ def tables(results: dict) -> str:
                      f"available {part['whole_probes'][0]['available_gib']:.1f} GiB, whole runs only within half.\n")
         parts.append(markdown_table(part["rows"], [
             ("size", "size", "d"), ("variant", "method", "s"), ("seconds", "time (s)", ".1f"),
-            ("vs_whole", "× whole", ".2f"), ("rss_gib", "peak RSS (GiB)", ".2f"),
+            ("vs_whole", "× whole", ".2f"), ("vs_whole_per_pixel", "s/MP × whole's", ".2f"),
+            ("rss_gib", "peak RSS (GiB)", ".2f"),
             ("max_diff", "max abs Δ logits", ".2e"), ("labels_differ", "labels differ", ".2e"), ("tile", "tile", "s"),
             ("overhead", "work / image", ".3f"), ("interior_overhead", "one interior tile, padded / own area", ".3f"),
             ("load_average", "load", ".1f")]))

@@ -210,16 +210,20 @@ def choose_tile(in_shape: tuple[int, int], out_shape: tuple[int, int], margins: 
     per_tile = budget * TILE_SHARE / (batch_size * bytes_per_pixel)  # padded pixels one tile may have
     sy, ey, wy = _axis_options(in_shape[0], out_shape[0], margins)
     sx, ex, wx = _axis_options(in_shape[1], out_shape[1], margins)
-    fits = ey[:, None].astype(float) * ex[None, :] <= per_tile
-    if not fits.any():
+    best, best_key = None, None
+    for i in range(len(sy)):  # one row of (y, x) pairs at a time: thousands of options per axis on a slide
+        fits = np.flatnonzero(ey[i] * ex <= per_tile)
+        if not len(fits):
+            continue
+        work = wy[i] * wx[fits]
+        # least work, then the fewest tiles, then rows before columns (contiguous reads and writes in row-major
+        # arrays): a smaller key is better
+        j = fits[np.lexsort((-sx[fits], -sx[fits] * sy[i], work))[0]]
+        key = (wy[i] * wx[j], -sy[i] * sx[j], -sx[j])
+        if best_key is None or key < best_key:
+            best, best_key = (int(sy[i]), int(sx[j])), key
+    if best is None:
         smallest = ey[-1] * ex[-1] * batch_size * bytes_per_pixel / TILE_SHARE
         raise InputError(f"memory_limit={budget} bytes is too small for even the smallest tile of this model "
                          f"(about {smallest / 2**20:.0f} MiB); raise memory_limit or pass tile= explicitly.")
-    candidates = np.flatnonzero(fits)
-    work = (wy[:, None].astype(float) * wx[None, :]).ravel()[candidates]
-    area = (sy[:, None].astype(float) * sx[None, :]).ravel()[candidates]
-    wide = np.broadcast_to(sx[None, :], fits.shape).ravel()[candidates]
-    # least work, then the fewest tiles, then rows before columns (contiguous reads and writes in row-major arrays)
-    best = candidates[np.lexsort((-wide, -area, work))[0]]
-    iy, ix = divmod(int(best), len(sx))
-    return int(sy[iy]), int(sx[ix])
+    return best
