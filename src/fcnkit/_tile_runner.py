@@ -6,6 +6,8 @@ overlap the forward pass; both queues are bounded, so memory stays a few batches
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import queue
 import threading
 import time
@@ -163,6 +165,8 @@ def run_plan(model: torch.nn.Module, image: Any, tiles: Sequence[Tile], *, outpu
                 if not _put(outbox, (tile, y[k, ky0:ky1, kx0:kx1].numpy()), writer.is_alive):
                     raise writer.error  # type: ignore[misc]
                 pixels += (ky1 - ky0) * (kx1 - kx0) * stride * stride
+            del x, y
+            _trim_heap()
             if bar is not None:
                 bar.update(len(batch))
                 bar.set_postfix_str(f"{pixels / 1e6 / (time.perf_counter() - started):.3g} MP/s", refresh=False)
@@ -178,6 +182,26 @@ def run_plan(model: torch.nn.Module, image: Any, tiles: Sequence[Tile], *, outpu
         writer.join()
         if bar is not None:
             bar.close()
+
+
+def _load_trim() -> Callable[[], Any] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _load_trim()
+
+
+def _trim_heap() -> None:
+    """Give the freed activations of the last batch back to the OS (glibc keeps them in per-thread arenas).
+
+    Without it the reader's, writer's and compute threads' arenas each keep their own high-water mark, and peak RSS
+    crept up with the number of tiles (1.37 GiB at 8k², 1.50 at 32k² under --memory-limit 1GB).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _get(inbox: queue.Queue, reader: _Worker) -> Any:
