@@ -300,11 +300,14 @@ def tables(results: dict) -> str:
             ("load_average", "load", ".1f")]))
     if "out_of_core" in results:
         part = results["out_of_core"]
-        parts.append(f"\n### Out of core: BigTIFF -> OME-Zarr labels, {part['model']}, "
+        model = part["model"]
+        model = model if isinstance(model, str) else f"{model['name']} width {model['width']}"
+        parts.append(f"\n### Out of core: BigTIFF -> OME-Zarr labels, {model}, "
                      f"--memory-limit {part['memory_limit']}\n")
         parts.append(markdown_table(part["rows"], [
             ("side", "side", "d"), ("seconds", "time (s)", ".1f"), ("megapixels_per_s", "MP/s", ".2f"),
-            ("rss_gib", "peak RSS (GiB)", ".2f"), ("tile", "tile", "s"), ("load_average", "load", ".1f")]))
+            ("rss_gib", "peak RSS (GiB)", ".2f"), ("rss_gib_without_trim", "before malloc_trim (GiB)", ".2f"),
+            ("tile", "tile", "s"), ("load_average", "load", ".1f")]))
     return "\n".join(parts)
 
 
