@@ -201,3 +201,16 @@ def test_normalize_and_pad_gradcheck():
     x = _rand(1, 3, 3, 2, dtype=torch.float64).requires_grad_()
     assert gradcheck(Normalize().double(), (x,))
     assert gradcheck(lambda t: pad_to_multiple(t, 4)[0], (x,))
+
+
+def test_he_init_scales_weights_for_relu_and_zeroes_biases():
+    from fcnkit.layers import he_init_
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(16, 64, 3), nn.ReLU(), nn.Linear(10, 300))
+    assert he_init_(block) is block
+    conv, linear = block[0], block[2]
+    # fan_out mode: std = sqrt(2 / (out_channels * kernel area))
+    assert abs(conv.weight.std().item() - (2 / (64 * 9)) ** 0.5) < 0.005
+    assert abs(linear.weight.std().item() - (2 / 300) ** 0.5) < 0.01
+    assert conv.bias.abs().sum() == 0 and linear.bias.abs().sum() == 0

@@ -109,6 +109,22 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return F.pad(x, (0, -w % multiple, 0, -h % multiple)), (h, w)
 
 
+def he_init_(module: nn.Module) -> nn.Module:
+    """He (Kaiming) normal initialisation, in place, of every Conv2d and Linear inside ``module``; biases to zero.
+
+    For layers followed by ReLU (He et al. 2015). PyTorch's default initialisation shrinks the signal at every layer,
+    so a deep plain stack such as VGG16's 13 convolutions starts with vanishing activations and learns very slowly
+    from scratch; torchvision initialises VGG the same way. Score layers keep their own initialisation: call this on
+    the trunk only. Returns ``module``.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module
+
+
 def score_conv(in_channels: int, num_classes: int, *, zero_init: bool = False) -> nn.Conv2d:
     """A 1x1 convolution giving one score per class at every position: (N, C, H, W) -> (N, K, H, W).
 

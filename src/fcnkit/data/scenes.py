@@ -28,7 +28,7 @@ __all__ = ["CLASS_NAMES", "DigitScenes", "classification_windows", "make_scene",
 
 CLASS_NAMES = ["background", *(str(d) for d in range(10))]
 TRAIN_FRACTION = 0.8
-DIGIT_SIZES = (12, 40)  # side of a digit's box in pixels, before a small aspect change
+DIGIT_SIZES = (18, 32)  # side of a digit's box in pixels, before a small aspect change
 DIGITS_PER_PIXEL = 1 / 700  # placement attempts per pixel of scene; about half succeed without overlap
 GAP = 2  # pixels kept free between two digit boxes
 _SPLIT_CODE = {"train": 0, "val": 1}

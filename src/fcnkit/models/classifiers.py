@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from fcnkit.errors import InputError
-from fcnkit.layers import GlobalAvgPoolHead, Normalize, check_nchw, is_traced, pad_to_multiple, score_conv
+from fcnkit.layers import GlobalAvgPoolHead, Normalize, check_nchw, he_init_, is_traced, pad_to_multiple, score_conv
 from fcnkit.models.registry import register_model, scaled
 
 
 def _conv_relu(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1,
                padding: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding), nn.ReLU(inplace=True)]
+    conv = he_init_(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding))
+    return [conv, nn.ReLU(inplace=True)]
 
 
 class AllConvClassifier(nn.Module):
@@ -103,7 +104,7 @@ class DigitClassifier(nn.Module):
             nn.MaxPool2d(2, stride=2),  # 5
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(c2 * 5 * 5, hidden), nn.ReLU(inplace=True), nn.Dropout(),
+            nn.Flatten(), he_init_(nn.Linear(c2 * 5 * 5, hidden)), nn.ReLU(inplace=True), nn.Dropout(),
             nn.Linear(hidden, num_classes),
         )
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fcnkit.layers import Normalize, check_nchw, pad_to_multiple, score_conv, upsampler
+from fcnkit.layers import Normalize, check_nchw, he_init_, pad_to_multiple, score_conv, upsampler
 from fcnkit.models.registry import register_model, scaled
 
 _WIDTHS = (32, 64, 128, 256)  # channels at strides 1, 2, 4, 8
 
 
 def _conv_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True)]
+    return [he_init_(nn.Conv2d(in_channels, out_channels, 3, padding=1)), nn.ReLU(inplace=True)]
 
 
 class EncoderDecoder(nn.Module):

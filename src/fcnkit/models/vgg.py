@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fcnkit.errors import CheckpointError, ModelError
+from fcnkit.layers import he_init_
 from fcnkit.models.registry import scaled
 
 # Convolutions per block and their channels; "M" is a 2x2 max-pool (torchvision's configuration "D").
@@ -34,7 +35,7 @@ def vgg16_features(in_channels: int = 3, width: float = 1.0) -> nn.Sequential:
             out = scaled(item, width)
             layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU(inplace=True)]
             channels = out
-    return nn.Sequential(*layers)
+    return he_init_(nn.Sequential(*layers))
 
 
 def vgg16_fc_convs(width: float = 1.0) -> nn.Sequential:
@@ -44,10 +45,10 @@ def vgg16_fc_convs(width: float = 1.0) -> nn.Sequential:
     Shapes: (N, 512w, h, w) -> (N, 4096w, h, w).
     """
     pool5, fc = scaled(512, width), scaled(FC_CHANNELS, width)
-    return nn.Sequential(
+    return he_init_(nn.Sequential(
         nn.Conv2d(pool5, fc, 7, padding=3), nn.ReLU(inplace=True), nn.Dropout(),
         nn.Conv2d(fc, fc, 1), nn.ReLU(inplace=True), nn.Dropout(),
-    )
+    ))
 
 
 def _vgg16_targets(model: nn.Module) -> dict[str, torch.Tensor]:
