@@ -86,7 +86,8 @@ def predict_tiled(model: torch.nn.Module, image: Any, *, tile: int | tuple[int, 
       When it has ``done``/``mark_done`` (a resume journal), tiles already done are skipped and each tile is
       marked after its data is written.
     - ``batch_size``: tiles of one shape stacked per forward pass; ``None``: 1 on CPU, on CUDA as many as the
-      budget allows (≤ 32). ``memory_limit``: bytes or ``"4GB"``; default half of available memory; it budgets the tiles' activations, on top of the process itself (Python, torch and the model, a few hundred MB).
+      budget allows (≤ 32). ``memory_limit``: bytes or ``"4GB"``; default half of available memory. It budgets
+      the tiles' activations, on top of the process itself (Python, torch and the model: a few hundred MB).
     - A non-local model (``Geometry.local`` false) raises ``NotExactError`` naming the layer, unless
       ``allow_inexact=True`` (then a warning).
     """
