@@ -50,6 +50,7 @@ class DemoSettings:
     clf_width: float
     clf_steps: int
     clf_batch: int
+    clf_lr: float
     clf_val_windows: int  # held-out 32x32 windows the classifier is scored on
     heat_size: int  # side of the scene drawn as heat maps
     sliding_crop: int  # side of the crop the sliding-window loop is timed on (extrapolated to the scene)
@@ -61,10 +62,10 @@ class DemoSettings:
 
 
 FULL = DemoSettings(fcn_width=0.125, fcn_steps=300, fcn_batch=8, fcn_lr=3e-3, val_size=256, val_count=8,
-                    clf_width=0.5, clf_steps=400, clf_batch=32, clf_val_windows=550, heat_size=512,
+                    clf_width=0.5, clf_steps=1000, clf_batch=32, clf_lr=2e-3, clf_val_windows=550, heat_size=512,
                     sliding_crop=160, big_size=4096, exact_crop=1024, exact_tile=512, evaluations=5)
 QUICK = DemoSettings(fcn_width=0.0625, fcn_steps=30, fcn_batch=4, fcn_lr=3e-3, val_size=128, val_count=2,
-                     clf_width=0.25, clf_steps=40, clf_batch=32, clf_val_windows=110, heat_size=192,
+                     clf_width=0.25, clf_steps=40, clf_batch=32, clf_lr=2e-3, clf_val_windows=110, heat_size=192,
                      sliding_crop=96, big_size=1024, exact_crop=256, exact_tile=128, evaluations=2)
 
 
@@ -171,7 +172,7 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
         f"32x32 windows, then convolutionalizing it")
     with clock("train digit_classifier"):
         result = train(TrainConfig(
-            model="digit_classifier", data="scenes", batch_size=s.clf_batch, steps=s.clf_steps,
+            model="digit_classifier", data="scenes", batch_size=s.clf_batch, steps=s.clf_steps, lr=s.clf_lr,
             width=s.clf_width, eval_every=max(1, s.clf_steps // s.evaluations), checkpoint_every=s.clf_steps,
             val_count=s.clf_val_windows, out=str(out / "digit_classifier"), seed=s.seed, progress=progress))
     accuracy = float(result.metrics["pixel_accuracy"])
