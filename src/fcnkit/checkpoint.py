@@ -21,7 +21,6 @@ import copy
 import os
 import pickle
 import random
-import tempfile
 import weakref
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnkit.errors import CheckpointError, FcnkitError, OutputError
+from fcnkit.errors import CheckpointError, FcnkitError
+from fcnkit.io.atomic import atomic_file
 
 FORMAT = "fcnkit-checkpoint"
 VERSION = 1
@@ -86,12 +86,6 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     *,
@@ -139,33 +133,8 @@ def save_checkpoint(
         payload["scheduler"] = scheduler.state_dict()
 
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        from fcnkit.io.atomic import unwritable_reason
-
-        raise OutputError(
-            f"checkpoint '{path}': expected a writable folder, found that {unwritable_reason(path.parent, exc)}; "
-            f"choose another location or fix its permissions."
-        ) from exc
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable (POSIX only: directories cannot be opened on Windows).
-    if hasattr(os, "O_DIRECTORY"):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_file(path, what="checkpoint") as f:
+        torch.save(payload, f)
     return path
 
 

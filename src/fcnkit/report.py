@@ -16,12 +16,12 @@ import html
 import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from fcnkit.errors import InputError, OutputError
+from fcnkit.errors import InputError
+from fcnkit.io.atomic import atomic_file
 
 _METRIC_NAMES = {
     "pixel_accuracy": "pixel accuracy",
@@ -178,26 +178,6 @@ class Report:
 
         A folder that cannot be created or written raises ``OutputError`` naming it."""
         target = Path(path)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-        except OSError as exc:
-            from fcnkit.io.atomic import unwritable_reason
-
-            raise OutputError(f"report '{target}': expected a writable folder, found that "
-                              f"{unwritable_reason(target.parent, exc)}; choose another location or fix its "
-                              f"permissions.") from exc
-        try:
-            # mkstemp makes the file private (0600); a report is for sharing, so give it the usual permissions.
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.render())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(target, "w", what="report") as fh:
+            fh.write(self.render())
         return target

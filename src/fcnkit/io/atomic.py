@@ -97,8 +97,13 @@ def check_target(path: str | os.PathLike, *, overwrite: bool = False, flag: str 
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_file(path: str | os.PathLike, mode: str = "wb", *, what: str | None = None) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``, on error it is removed.
+
+    The folder is created when missing. The file is flushed and fsynced before the rename and the folder after
+    it, so a kill or a power cut leaves the old file or the new one, never half of one. The new file gets the
+    usual permissions (``mkstemp`` alone would make it private). ``what`` names the file in errors
+    ("checkpoint", "report"): a folder that cannot be created or written raises ``OutputError``.
 
     >>> with atomic_file("out.bin") as f:   # doctest: +SKIP
     ...     f.write(b"data")
@@ -106,15 +111,20 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
+        label = f"{what} '{target}'" if what else f"cannot write {target}"
         raise OutputError(
-            f"cannot write {target}: expected a writable folder, found that {unwritable_reason(folder, exc)}; "
-            "choose another output location or fix its permissions"
+            f"{label}: expected a writable folder, found that {unwritable_reason(folder, exc)}; "
+            "choose another location or fix its permissions"
         ) from exc
     os.close(fd)  # reopened by name: writers such as tifffile want a file object with a real .name
     try:
-        with open(tmp, mode) as f:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
