@@ -77,6 +77,17 @@ def check_pair(image: np.ndarray, label: np.ndarray, mask_path: Any, num_classes
         )
 
 
+def read_pair(image_path: Any, mask_path: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image file as (H, W, 3) uint8 and its mask file as (H, W) uint8 class indices, checked by
+    :func:`check_pair`: the item of every file-backed dataset (VOC, folder)."""
+    from fcnkit.io import read_image
+
+    image = read_image(image_path, mode="rgb")
+    label = read_image(mask_path, mode="label")
+    check_pair(image, label, mask_path, num_classes)
+    return image, label
+
+
 def open_dataset(spec: str, *, split: str = "train", num_classes: int | None = None, **options: Any):
     """Open the dataset that ``spec`` names, for ``split`` ("train" or "val").
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnkit.data import check_pair, check_split, voc_palette
+from fcnkit.data import check_split, read_pair, voc_palette
 from fcnkit.errors import DataError
-from fcnkit.io import read_image
 
 __all__ = ["VOC_CLASSES", "VOCSegmentation"]
 
@@ -88,11 +87,7 @@ class VOCSegmentation:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, mask_path = self.items[index]
-        image = read_image(image_path, mode="rgb")
-        label = read_image(mask_path, mode="label")
-        check_pair(image, label, mask_path, self.num_classes)
-        return image, label
+        return read_pair(*self.items[index], self.num_classes)
 
     def __repr__(self) -> str:
         return f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"
