@@ -61,8 +61,8 @@ class DemoSettings:
     seed: int = 0
 
 
-FULL = DemoSettings(fcn_width=0.125, fcn_steps=300, fcn_batch=8, fcn_lr=3e-3, val_size=256, val_count=8,
-                    clf_width=0.5, clf_steps=1000, clf_batch=32, clf_lr=2e-3, clf_val_windows=550, heat_size=512,
+FULL = DemoSettings(fcn_width=0.125, fcn_steps=1500, fcn_batch=8, fcn_lr=3e-3, val_size=256, val_count=8,
+                    clf_width=0.5, clf_steps=3000, clf_batch=32, clf_lr=2e-3, clf_val_windows=550, heat_size=512,
                     sliding_crop=160, big_size=4096, exact_crop=1024, exact_tile=512, evaluations=5)
 QUICK = DemoSettings(fcn_width=0.0625, fcn_steps=30, fcn_batch=4, fcn_lr=3e-3, val_size=128, val_count=2,
                      clf_width=0.25, clf_steps=40, clf_batch=32, clf_lr=2e-3, clf_val_windows=110, heat_size=192,
