@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fcnkit
+from tiling_models import assert_tiled_equals_whole
 from fcnkit.convert import verify
 from fcnkit.metrics import confusion_matrix, scores
-from fcnkit.tiling import predict, predict_tiled
 
 MEANS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 
@@ -137,10 +137,4 @@ MODELS = _registered_local_models()
 def test_registered_models_tile_exactly(name, height, width, tile, output, seed):
     model = MODELS[name]
     image = np.random.default_rng(seed).integers(0, 256, (height, width, 3)).astype(np.uint8)
-    whole = predict(model, image, output=output)
-    tiled = predict_tiled(model, image, tile=tile, output=output)
-    assert tiled.shape == whole.shape and tiled.dtype == whole.dtype
-    if output == "labels":
-        np.testing.assert_array_equal(tiled, whole)
-    else:
-        np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4)
+    assert_tiled_equals_whole(model, image, tile=tile, output=output)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiling_models import foreign_models
+from tiling_models import assert_tiled_equals_whole, foreign_models
 
-from fcnkit.tiling import predict, predict_tiled
 
 MODELS = foreign_models()
 
@@ -24,10 +23,4 @@ MODELS = foreign_models()
 def test_tiled_equals_whole(name, height, width, tile, output, seed):
     model = MODELS[name]
     image = np.random.default_rng(seed).random((height, width, 3)).astype(np.float32) * 255
-    whole = predict(model, image, output=output)
-    tiled = predict_tiled(model, image, tile=tile, output=output)
-    assert tiled.shape == whole.shape and tiled.dtype == whole.dtype
-    if output == "labels":
-        np.testing.assert_array_equal(tiled, whole)
-    else:
-        np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4)
+    assert_tiled_equals_whole(model, image, tile=tile, output=output)

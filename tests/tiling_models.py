@@ -1,9 +1,24 @@
-"""Foreign models (written here, not fcnkit's) that tiled inference must handle exactly, shared by the tiling tests."""
+"""Foreign models (written here, not fcnkit's) that tiled inference must handle exactly, and the exactness check,
+shared by the tiling tests."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from fcnkit.tiling import predict, predict_tiled
+
+
+def assert_tiled_equals_whole(model: nn.Module, image: np.ndarray, *, tile, output: str) -> None:
+    """The exactness promise: tiled == whole image (labels identical, logits/probs within 1e-4)."""
+    whole = predict(model, image, output=output)
+    tiled = predict_tiled(model, image, tile=tile, output=output)
+    assert tiled.shape == whole.shape and tiled.dtype == whole.dtype
+    if output == "labels":
+        np.testing.assert_array_equal(tiled, whole)
+    else:
+        np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4)
 
 
 def _randomize_batchnorm(model: nn.Module) -> nn.Module:
