@@ -24,9 +24,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The README's benchmark tables (long: about an hour on 2 cores). MONAI goes to /tmp, never into .venv.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m pip install --quiet --no-deps --target /tmp/monai monai
+	$(BIN)/python benchmarks/model_table.py
+	$(BIN)/python benchmarks/convolutionalize.py
+	$(BIN)/python benchmarks/tiling.py --monai-path /tmp/monai
+	$(BIN)/python benchmarks/train_scenes.py --steps 1500 --models fcn32s fcn16s fcn8s --out benchmarks/results/train_scenes_1500.json
+	$(BIN)/python benchmarks/train_scenes.py --steps 600
+	$(BIN)/python benchmarks/ddp_scaling.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
