@@ -121,7 +121,7 @@ def predict_dask(
     chunks = (_aligned_chunks(height, side, h), _aligned_chunks(width, side, h), (x.shape[2],))
     x = x.rechunk(chunks)
 
-    from fcnkit.tiling import predict
+    from fcnkit.tiling import label_dtype, predict
 
     probe_side = max(multiple, stride)
     sample = predict(model, np.zeros((probe_side, probe_side, x.shape[2]), np.float32), output="logits")
@@ -137,7 +137,7 @@ def predict_dask(
     run = functools.partial(_predict_block, output=output, halo=h, stride=stride, grid=x.numblocks[:2])
     if output == "labels":
         return extended.map_blocks(
-            run, model_task, dtype=np.uint8 if num_classes <= 255 else np.int32, chunks=(out_rows, out_cols), drop_axis=2
+            run, model_task, dtype=label_dtype(num_classes), chunks=(out_rows, out_cols), drop_axis=2
         )
     return extended.map_blocks(run, model_task, dtype=np.float32, chunks=(out_rows, out_cols, (num_classes,)))
 

@@ -41,6 +41,11 @@ OUTPUTS = ("logits", "probs", "labels")
 _GEOMETRY_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def label_dtype(num_classes: int) -> np.dtype:
+    """The dtype of a label output: uint8 up to 255 classes, int32 above (the same rule everywhere)."""
+    return np.dtype(np.uint8 if num_classes <= 255 else np.int32)
+
+
 def predict(model: torch.nn.Module, image: Any, *, output: str = "logits", device: str | torch.device | None = None
             ) -> np.ndarray:
     """Run ``model`` on the whole image at once: the reference that tiled inference must equal.
@@ -165,7 +170,7 @@ def _plan(net: torch.nn.Module, dev: torch.device, image: Any, *, tile: Any, hal
         batch_size = max(1, min(fits, 32, len(tiles))) if dev.type == "cuda" else 1
     k = _num_classes(net, channels, geometry, dev)
     shape = (out_h, out_w) if output == "labels" else (out_h, out_w, k)
-    dtype = np.dtype((np.uint8 if k <= 255 else np.int32) if output == "labels" else np.float32)
+    dtype = label_dtype(k) if output == "labels" else np.dtype(np.float32)
     computed = sum(t.padded[0] * t.padded[1] for t in tiles)
     return TilePlan(tiles=tiles, tile=tile_hw, batch_size=batch_size, shape=shape, dtype=dtype,
                     stride=margins.stride, halo=max(margins.lo, margins.hi), overhead=computed / (height * width))
