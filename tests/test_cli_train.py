@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from fcnkit.cli import main
 
@@ -13,12 +12,7 @@ TRAIN = ["train", "--model", "encoder_decoder", "--data", "scenes:48", "--patch"
          "--width", "0.125", "--steps", "2", "--val-size", "40", "--val-count", "2", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

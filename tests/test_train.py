@@ -13,13 +13,7 @@ from fcnkit.errors import CheckpointError, DataError, InputError, ModelError, Ou
 from fcnkit.train import TrainConfig, _truncate_log, train
 from fcnkit.train_setup import Batches, init_from_checkpoint
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 cores shared by many processes: one intra-op thread is several times faster than two fighting for them.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(data="scenes:48", patch=32, batch_size=2, width=0.0625, val_size=40, val_count=2, progress=False)

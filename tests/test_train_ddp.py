@@ -27,7 +27,7 @@ def _flags() -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_only_rank_0_writes(tmp_path):
+def test_two_processes_match_one_and_only_rank_0_writes(tmp_path, one_thread):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -43,12 +43,7 @@ def test_two_processes_match_one_and_only_rank_0_writes(tmp_path):
     model = load_checkpoint(out / "last.pt")
     assert model(torch.zeros(1, 3, 21, 35)).shape == (1, 11, 21, 35)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = train(TrainConfig(**SETTINGS, out=str(tmp_path / "single"), progress=False))
-    finally:
-        torch.set_num_threads(before)
+    single = train(TrainConfig(**SETTINGS, out=str(tmp_path / "single"), progress=False))
     assert records[0]["loss"] == pytest.approx(sum(single.losses.values()) / 3, abs=2e-3)
     a = read_checkpoint(single.last_checkpoint)["state_dict"]
     b = read_checkpoint(out / "last.pt")["state_dict"]

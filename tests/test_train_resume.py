@@ -35,7 +35,7 @@ def _step(path) -> int:
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, one_thread):
     run = tmp_path / "run"
     proc = _fcnkit(run)
     deadline = time.monotonic() + 120
@@ -55,14 +55,9 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     assert f"step {STEPS}:" in out
     assert not list(run.glob(".*.tmp"))
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        whole = train(TrainConfig(model="fcn32s", data="scenes:48", patch=32, batch_size=2, width=0.0625,
-                                  steps=STEPS, checkpoint_every=STEPS, eval_every=0, val_size=40, val_count=1,
-                                  out=str(tmp_path / "whole"), progress=False))
-    finally:
-        torch.set_num_threads(before)
+    whole = train(TrainConfig(model="fcn32s", data="scenes:48", patch=32, batch_size=2, width=0.0625,
+                              steps=STEPS, checkpoint_every=STEPS, eval_every=0, val_size=40, val_count=1,
+                              out=str(tmp_path / "whole"), progress=False))
     a = read_checkpoint(whole.last_checkpoint)
     b = read_checkpoint(run / "last.pt")
     assert a["step"] == b["step"] == STEPS
