@@ -57,7 +57,7 @@ def in_memory(variant: str, size: int, monai_path: str = "", memory_limit: str |
     """One variant on the in-memory image (runs in a child process); logits saved for the comparison."""
     import torch
 
-    from fcnkit.tiling import plan_prediction, predict, predict_tiled
+    from fcnkit.inference.tiled import plan_prediction, predict, predict_tiled
 
     model, image = _unet(), _image(size)
     predict(model, image[:64, :64])  # warm-up: oneDNN picks its kernels
@@ -103,7 +103,7 @@ def whole_image_estimate(size: int) -> float:
     runs: ``estimate_gib`` next to ``rss_gib``)."""
     import torch
 
-    from fcnkit.tiling import _bytes_per_pixel, _geometry
+    from fcnkit.inference.tiled import _bytes_per_pixel, _geometry
 
     model = _unet()
     geometry = _geometry(model, 3)

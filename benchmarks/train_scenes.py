@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fcnkit.train import TrainConfig, train
+from fcnkit.training.loop import TrainConfig, train
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "unet", "segnet")
 HERE = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ from fcnkit.checkpoint import load_checkpoint, save_checkpoint
 from fcnkit.cli import main
 from fcnkit.convert import ConvolutionalizedNet, verify
 from fcnkit.models import build_model
-from fcnkit.viz import COLORBAR_PX
+from fcnkit.reporting.pictures import COLORBAR_PX
 
 NAMES = ["background", *(f"digit {d}" for d in range(10))]
 

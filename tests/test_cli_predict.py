@@ -21,7 +21,7 @@ from fcnkit.checkpoint import save_checkpoint
 from fcnkit.cli import main
 from fcnkit.cli.predict import ConvertedView
 from fcnkit.io import open_image, read_image
-from fcnkit.tiling import predict
+from fcnkit.inference.tiled import predict
 
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
 

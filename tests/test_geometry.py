@@ -1,4 +1,4 @@
-"""Tests for fcnkit.geometry: textbook cases, the model zoo against the NaN probe, non-local layers, fallbacks."""
+"""Tests for fcnkit.geometry.analysis: textbook cases, the model zoo against the NaN probe, non-local layers, fallbacks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fcnkit
 from fcnkit.errors import ModelError
-from fcnkit.geometry import Geometry, analyze, probe_radius
+from fcnkit.geometry.analysis import Geometry, analyze, probe_radius
 
 
 def conv(k: int, *, s: int = 1, p: int | None = None, d: int = 1, c: int = 4, cin: int = 4) -> nn.Conv2d:

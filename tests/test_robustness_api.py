@@ -32,7 +32,7 @@ from fcnkit.errors import (
 from fcnkit.io import create_output, open_image, read_image
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.metrics import confusion_matrix
-from fcnkit.tiling import predict, predict_tiled
+from fcnkit.inference.tiled import predict, predict_tiled
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_failed_export_keeps_the_old_file_and_no_temporaries(tmp_path, monkeypat
 
 
 def test_failed_report_keeps_the_old_report(tmp_path, monkeypatch):
-    from fcnkit.report import Report
+    from fcnkit.reporting.html import Report
 
     target = tmp_path / "report.html"
     Report("first").write(target)

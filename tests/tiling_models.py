@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnkit.tiling import predict, predict_tiled
+from fcnkit.inference.tiled import predict, predict_tiled
 
 
 def assert_tiled_equals_whole(model: nn.Module, image: np.ndarray, *, tile, output: str) -> None:

@@ -25,16 +25,16 @@ __version__ = "0.1.0"
 _LAZY = {
     "list_models": "fcnkit.models",
     "build_model": "fcnkit.models",
-    "analyze": "fcnkit.geometry",
-    "Geometry": "fcnkit.geometry",
+    "analyze": "fcnkit.geometry.analysis",
+    "Geometry": "fcnkit.geometry.analysis",
     "convolutionalize": "fcnkit.convert",
-    "predict": "fcnkit.tiling",
-    "predict_tiled": "fcnkit.tiling",
+    "predict": "fcnkit.inference.tiled",
+    "predict_tiled": "fcnkit.inference.tiled",
     "load_checkpoint": "fcnkit.checkpoint",
 }
 _SUBMODULES = {
-    "convert", "data", "distributed", "export", "geometry", "io", "layers", "losses", "metrics", "models",
-    "report", "tiling", "train", "viz", "checkpoint",
+    "checkpoint", "convert", "data", "distributed", "export", "geometry", "inference", "io", "layers", "losses",
+    "metrics", "models", "reporting", "training",
 }
 
 __all__ = [
@@ -45,9 +45,9 @@ __all__ = [
 if TYPE_CHECKING:
     from fcnkit.checkpoint import load_checkpoint
     from fcnkit.convert import convolutionalize
-    from fcnkit.geometry import Geometry, analyze
+    from fcnkit.geometry.analysis import Geometry, analyze
     from fcnkit.models import build_model, list_models
-    from fcnkit.tiling import predict, predict_tiled
+    from fcnkit.inference.tiled import predict, predict_tiled
 
 
 def __getattr__(name: str):

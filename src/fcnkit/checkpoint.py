@@ -45,7 +45,7 @@ def _geometry_of(model: nn.Module) -> dict | None:
     if getattr(model, "output_kind", "dense") == "classifier":
         return None
     if model not in _GEOMETRY:
-        from fcnkit.geometry import analyze
+        from fcnkit.geometry.analysis import analyze
 
         in_channels = int(getattr(model, "fcnkit_spec", {}).get("in_channels", 3))
         # Analyze a copy in eval mode with the RNG forked: a probe must not move BatchNorm statistics or draw

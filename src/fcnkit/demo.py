@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fcnkit.errors import InputError
-from fcnkit.report import Report
+from fcnkit.reporting.html import Report
 
 MARKER = ".fcnkit-demo"
 HEAT_VIEW = 256  # side of the scene corner drawn as heat maps (a larger one makes the digits too small to see)
@@ -137,8 +137,8 @@ class _Clock:
 def _segmentation(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Callable[[str], None],
                   progress: bool) -> tuple[dict, Any]:
     """Stage 1: train FCN-8s on patches, score it on held-out whole scenes, draw panels. -> (metrics, run)"""
-    from fcnkit.run_report import add_run_sections, load_run
-    from fcnkit.train import TrainConfig, train
+    from fcnkit.reporting.run import add_run_sections, load_run
+    from fcnkit.training.loop import TrainConfig, train
 
     log(f"[1/4] training FCN-8s (width {s.fcn_width}) for {s.fcn_steps} steps of {s.fcn_batch} random 64x64 "
         f"patches of the training scenes, scored on {s.val_count} held-out {s.val_size}x{s.val_size} scenes "
@@ -164,9 +164,9 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
     from fcnkit.checkpoint import save_checkpoint
     from fcnkit.convert import convolutionalize, sliding_window
     from fcnkit.data.scenes import make_scene
-    from fcnkit.run_report import add_run_sections, load_run
-    from fcnkit.train import TrainConfig, train
-    from fcnkit.viz import class_scores, heatmap_panels
+    from fcnkit.reporting.run import add_run_sections, load_run
+    from fcnkit.training.loop import TrainConfig, train
+    from fcnkit.reporting.pictures import class_scores, heatmap_panels
 
     log(f"[2/4] training digit_classifier (width {s.clf_width}) for {s.clf_steps} steps of {s.clf_batch} labelled "
         f"32x32 windows, then convolutionalizing it")
@@ -231,8 +231,8 @@ def _tiled(out: Path, s: DemoSettings, run: Any, report: Report, clock: _Clock, 
     from fcnkit.data.scenes import make_scene
     from fcnkit.io import create_output
     from fcnkit.metrics import confusion_matrix, scores
-    from fcnkit.tiling import plan_prediction, predict, predict_tiled
-    from fcnkit.viz import panels
+    from fcnkit.inference.tiled import plan_prediction, predict, predict_tiled
+    from fcnkit.reporting.pictures import panels
 
     model, k = run.model, len(run.class_names)
     log(f"[3/4] exact tiled inference of FCN-8s over a {s.big_size}x{s.big_size} held-out scene")

@@ -28,7 +28,7 @@ def _fmt(value: float | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from fcnkit.errors import InputError
-    from fcnkit.evaluate import evaluate_checkpoint
+    from fcnkit.training.evaluate import evaluate_checkpoint
 
     if args.count is not None and args.count < 1:
         raise InputError(f"--count: expected a positive number of images, found {args.count}; leave it out to "

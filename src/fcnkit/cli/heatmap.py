@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnkit.errors import InputError
     from fcnkit.io import read_image
     from fcnkit.io.atomic import check_target
-    from fcnkit.viz import class_scores, heatmap
+    from fcnkit.reporting.pictures import class_scores, heatmap
 
     if not args.out.lower().endswith(".png"):
         raise InputError(f"--out {args.out}: expected a path ending in .png, found another suffix; name the "

@@ -46,7 +46,7 @@ def _load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnkit.inspect_model import format_report, inspect_model
+    from fcnkit.reporting.inspect import format_report, inspect_model
 
     model = _load(args)
     if args.size is not None and min(args.size) < 1:

@@ -106,7 +106,7 @@ def _targets(inputs: list[Path], out: Path, folder_hint: bool, output: str, suff
 
 def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespace) -> None:
     from fcnkit.io import create_output, open_image, output_status
-    from fcnkit.tiling import plan_prediction
+    from fcnkit.inference.tiled import plan_prediction
 
     if args.resume and output_status(target) == "complete":
         if not args.quiet:
@@ -146,7 +146,7 @@ def _adapted(image: Any, model: Any, source: Path) -> Any:
     Only conversions that lose nothing the model could use happen; any other channel mismatch is left for tiling
     to refuse.
     """
-    from fcnkit.tiling import expected_channels
+    from fcnkit.inference.tiled import expected_channels
 
     have = image.shape[2] if len(image.shape) == 3 else 1
     want = expected_channels(model)
@@ -221,7 +221,7 @@ def _as_slice(index: Any) -> Any:
 
 
 def _compute(model: Any, image: Any, out: Any, plan: Any, output: str, args: argparse.Namespace) -> None:
-    from fcnkit.tiling import predict_tiled
+    from fcnkit.inference.tiled import predict_tiled
 
     if args.scheduler is None:
         predict_tiled(model, image, tile=plan.tile, output=output, out=out, batch_size=plan.batch_size,
@@ -240,12 +240,12 @@ def _distributed() -> Any:
     from fcnkit.errors import FcnkitError
 
     try:
-        import fcnkit.distributed as distributed
+        import fcnkit.inference.dask as distributed
     except ImportError as exc:
-        raise FcnkitError(f"--scheduler needs fcnkit.distributed with dask and distributed installed ({exc}); "
+        raise FcnkitError(f"--scheduler needs fcnkit.inference.dask with dask and distributed installed ({exc}); "
                           f"install fcnkit[distributed] or leave --scheduler out.") from exc
     if not all(hasattr(distributed, name) for name in ("connect", "predict_dask", "predict_into", "close")):
-        raise FcnkitError("--scheduler is not available in this fcnkit build (fcnkit.distributed lacks "
+        raise FcnkitError("--scheduler is not available in this fcnkit build (fcnkit.inference.dask lacks "
                           "predict_dask/predict_into); leave --scheduler out to predict in this process.")
     return distributed
 
@@ -278,7 +278,7 @@ def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any
     from fcnkit.data import voc_palette
     from fcnkit.errors import InputError
     from fcnkit.io import create_output
-    from fcnkit.tiling import predict_tiled
+    from fcnkit.inference.tiled import predict_tiled
 
     height, width = image.shape[:2]
     if height * width > 64e6:

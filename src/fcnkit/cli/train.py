@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnkit.train import TrainConfig, train
+    from fcnkit.training.loop import TrainConfig, train
 
     steps = 1000 if args.steps is None and args.epochs is None else args.steps
     config = TrainConfig(

@@ -1,4 +1,4 @@
-"""Per-operation geometry rules for :mod:`fcnkit._fx_geometry`.
+"""Per-operation geometry rules for :mod:`fcnkit.geometry.propagate`.
 
 Each rule turns one fx node into a ``Value`` (jump, and how an index range maps back to its inputs) or ``None`` for
 a non-spatial value (a shape, a constant), and flags the operations that make the output depend on the whole image.
@@ -21,7 +21,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 if TYPE_CHECKING:
-    from fcnkit._fx_geometry import _Propagation
+    from fcnkit.geometry.propagate import _Propagation
 
 WHOLE_IMAGE = "tiles cannot equal the whole-image run"
 Back = Callable[[int, int], "tuple[int, int]"]  # needed index range of a tensor -> index range of one input

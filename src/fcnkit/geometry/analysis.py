@@ -1,9 +1,9 @@
 """Geometry of a fully convolutional network: receptive field, output stride, input multiple, halo, locality.
 
-``analyze`` reads the model's ``torch.fx`` graph (see :mod:`fcnkit._fx_geometry`) without running it, so the full
+``analyze`` reads the model's ``torch.fx`` graph (see :mod:`fcnkit.geometry.propagate`) without running it, so the full
 134M-parameter FCN-8s analyzes in milliseconds. Where the graph cannot be traced or holds an operation without a
 rule, the numbers come from measurements on a CPU float64 copy instead (:func:`probe_radius` and shape/shift probes
-in :mod:`fcnkit._probe`). Non-local layers are named either way.
+in :mod:`fcnkit.geometry.probe`). Non-local layers are named either way.
 
 >>> import torch.nn as nn
 >>> g = analyze(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1)))
@@ -19,8 +19,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from fcnkit import _fx_geometry, _probe
-from fcnkit._probe import probe_radius
+from fcnkit.geometry import propagate as _fx_geometry
+from fcnkit.geometry import probe as _probe
+from fcnkit.geometry.probe import probe_radius
 from fcnkit.errors import ModelError
 
 __all__ = ["Geometry", "analyze", "probe_radius"]
@@ -136,7 +137,7 @@ def _no_spatial(model: nn.Module) -> ModelError:
 
 def _nonlocal_module(model: nn.Module) -> str | None:
     """The first non-local module in registration order (for models the graph analysis cannot read)."""
-    from fcnkit import _fx_rules as rules
+    from fcnkit.geometry import rules
 
     flattened = False
     for name, m in model.named_modules():

@@ -18,8 +18,9 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
-from fcnkit import _fx_calls, _fx_rules as rules
-from fcnkit._fx_rules import Back, Value
+from fcnkit.geometry import calls as _fx_calls
+from fcnkit.geometry import rules
+from fcnkit.geometry.rules import Back, Value
 
 
 @dataclass(frozen=True)

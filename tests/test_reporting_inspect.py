@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fcnkit.errors import InputError, ModelError
-from fcnkit.inspect_model import default_size, format_report, inspect_model, layer_macs, layer_table
+from fcnkit.reporting.inspect import default_size, format_report, inspect_model, layer_macs, layer_table
 
 
 class Classifier(nn.Module):

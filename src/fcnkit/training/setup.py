@@ -1,6 +1,6 @@
 """The pieces a training run is assembled from: its data, its batch stream, its optimizer, staged initialisation.
 
-Kept apart from the step loop in :mod:`fcnkit.train` so each reads on its own.
+Kept apart from the step loop in :mod:`fcnkit.training.loop` so each reads on its own.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnkit._ddp import Dist
+from fcnkit.training.ddp import Dist
 from fcnkit.checkpoint import read_checkpoint
 from fcnkit.errors import CheckpointError, DataError, InputError
 
 if TYPE_CHECKING:
-    from fcnkit.train import TrainConfig
+    from fcnkit.training.loop import TrainConfig
 
 TRAIN_WINDOWS = 2200  # classifier training windows (200 per class of the 11 digit-scene classes)
 VAL_WINDOWS = 550
@@ -140,7 +140,7 @@ class Batches:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
     """SGD with momentum (or AdamW) and the poly schedule ``lr · (1 − step/steps)^0.9`` of DeepLab/FCN practice."""
-    from fcnkit.train import DEFAULT_LR
+    from fcnkit.training.loop import DEFAULT_LR
 
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
     params = [p for p in model.parameters() if p.requires_grad]

@@ -48,7 +48,7 @@ def overlay(image: object, heat: np.ndarray, *, cmap: str = "jet", alpha: float 
     heat = np.asarray(heat, dtype=np.float64)
     if heat.shape != rgb.shape[:2]:
         raise InputError(f"overlay: expected a heat map of the image's size {rgb.shape[:2]}, got {heat.shape}; "
-                         f"upsample it first (fcnkit.viz.upsample_grid).")
+                         f"upsample it first (fcnkit.reporting.pictures.upsample_grid).")
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"overlay(alpha=...): expected a value in [0, 1], got {alpha}.")
     colours = matplotlib.colormaps[cmap](np.clip((heat - vmin) / (vmax - vmin), 0.0, 1.0))[:, :, :3] * 255.0

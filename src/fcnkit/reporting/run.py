@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from fcnkit.errors import CheckpointError, FcnkitError
-from fcnkit.report import Report
+from fcnkit.reporting.html import Report
 
 _METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 _SETTINGS = ("model", "data", "width", "steps", "batch_size", "patch", "optimizer", "lr", "seed", "val_size",
@@ -66,7 +66,7 @@ class RunInfo:
 def load_run(run_dir: str | os.PathLike) -> RunInfo:
     """Read a training folder: ``last.pt`` (or ``best.pt``), its model, and ``metrics.jsonl`` when present."""
     from fcnkit.checkpoint import load_checkpoint, read_checkpoint
-    from fcnkit.viz import read_metrics
+    from fcnkit.reporting.pictures import read_metrics
 
     folder = Path(run_dir)
     candidates = [folder / "last.pt", folder / "best.pt"]
@@ -94,7 +94,7 @@ def _settings(run: RunInfo) -> dict[str, Any]:
 def geometry_rows(model: nn.Module, raw_geometry: dict | None = None) -> dict[str, Any]:
     """The model's geometry (``fcnkit.analyze``) as report rows; a model it cannot analyse gets its reason."""
     from fcnkit.convert import convolutionalize
-    from fcnkit.geometry import analyze
+    from fcnkit.geometry.analysis import analyze
 
     rows: dict[str, Any] = {}
     try:
@@ -116,8 +116,8 @@ def _dense_samples(run: RunInfo, pictures: Path, count: int) -> Path | None:
     """Image / truth / prediction panels of the first ``count`` validation images (None if the data is gone)."""
     from fcnkit.data import open_dataset
     from fcnkit.metrics import confusion_matrix, scores
-    from fcnkit.tiling import predict
-    from fcnkit.viz import panels
+    from fcnkit.inference.tiled import predict
+    from fcnkit.reporting.pictures import panels
 
     config = run.config
     options = {"size": config["val_size"]} if config.get("val_size") and str(config.get("data", "")).startswith(
@@ -143,7 +143,7 @@ def _classifier_samples(run: RunInfo, pictures: Path) -> Path | None:
     import torch
 
     from fcnkit.data.scenes import make_scene
-    from fcnkit.viz import class_scores, heatmap_panels
+    from fcnkit.reporting.pictures import class_scores, heatmap_panels
 
     if not str(run.config.get("data", "scenes")).startswith("scenes"):
         return None
@@ -161,7 +161,7 @@ def add_run_sections(report: Report, run: RunInfo, pictures: str | os.PathLike, 
     ``samples`` is how many validation images to draw as panels (dense models; classifiers draw one heat-map grid),
     0 for none.
     """
-    from fcnkit.viz import training_curves
+    from fcnkit.reporting.pictures import training_curves
 
     pictures = Path(pictures)
     made: dict[str, Path] = {}

@@ -13,7 +13,7 @@ import torch
 
 from fcnkit.checkpoint import read_checkpoint
 from fcnkit.errors import CheckpointError
-from fcnkit.train import TrainConfig, train
+from fcnkit.training.loop import TrainConfig, train
 
 STEPS = 16
 ARGS = ["--model", "fcn32s", "--data", "scenes:48", "--patch", "32", "--batch-size", "2", "--width", "0.0625",

@@ -171,7 +171,7 @@ def default_size(model: nn.Module) -> tuple[int, int]:
 def _geometry(model: nn.Module, in_channels: int, output_kind: str) -> tuple[dict | None, str | None]:
     if output_kind == "classifier":
         return None, "a classifier has one output per window; convolutionalize it for a dense geometry"
-    from fcnkit.geometry import analyze
+    from fcnkit.geometry.analysis import analyze
 
     try:
         return analyze(model, in_channels=in_channels).to_dict(), None

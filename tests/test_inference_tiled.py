@@ -10,8 +10,8 @@ from tiling_models import GroupNormNet, foreign_models
 
 import fcnkit
 from fcnkit import InputError, NotExactError, OutputError
-from fcnkit._tile_plan import parse_memory
-from fcnkit.tiling import plan_prediction, plan_tiles, predict, predict_tiled
+from fcnkit.inference.plan import parse_memory
+from fcnkit.inference.tiled import plan_prediction, plan_tiles, predict, predict_tiled
 
 FOREIGN = foreign_models()
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from fcnkit.errors import CheckpointError
-from fcnkit.report import Report
-from fcnkit.run_report import add_run_sections, load_run, report_for_run
-from fcnkit.train import TrainConfig, train
+from fcnkit.reporting.html import Report
+from fcnkit.reporting.run import add_run_sections, load_run, report_for_run
+from fcnkit.training.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fcnkit
-from fcnkit.distributed import _aligned_chunks, close, connect, predict_dask, predict_into
+from fcnkit.inference.dask import _aligned_chunks, close, connect, predict_dask, predict_into
 from fcnkit.errors import InputError, NotExactError
 
 da = pytest.importorskip("dask.array")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fcnkit._tile_plan import (
+from fcnkit.inference.plan import (
     TILE_SHARE,
     Margins,
     Tile,
@@ -32,7 +32,7 @@ from fcnkit._tile_plan import (
     plan_axis_tiles,
     round_up,
 )
-from fcnkit._tile_runner import finish, read_window, run_plan, to_model_input
+from fcnkit.inference.runner import finish, read_window, run_plan, to_model_input
 from fcnkit.errors import InputError, ModelError, NotExactError, OutputError
 
 __all__ = ["Tile", "TilePlan", "expected_channels", "plan_prediction", "plan_tiles", "predict", "predict_tiled"]
@@ -242,7 +242,7 @@ def _prepared(model: torch.nn.Module, device: str | torch.device | None) -> Iter
 
 
 def _geometry(model: torch.nn.Module, channels: int) -> Any:
-    from fcnkit.geometry import analyze
+    from fcnkit.geometry.analysis import analyze
 
     _check_channels(model, channels)
     cached = _GEOMETRY_CACHE.setdefault(model, {})

@@ -11,8 +11,8 @@ import torch
 from tiling_models import foreign_models
 
 from fcnkit import InputError
-from fcnkit._tile_plan import TILE_SHARE, Margins, choose_tile, default_memory_limit, plan_axis_tiles, round_up
-from fcnkit.tiling import plan_prediction, predict, predict_tiled
+from fcnkit.inference.plan import TILE_SHARE, Margins, choose_tile, default_memory_limit, plan_axis_tiles, round_up
+from fcnkit.inference.tiled import plan_prediction, predict, predict_tiled
 
 SAME = Margins(multiple=16, stride=1, lo=112, hi=112)  # fcnkit's unet: D = 16, halo 112
 

@@ -1,6 +1,6 @@
 """Geometry rules for fx ``call_function`` and ``call_method`` nodes (F.conv2d, F.interpolate, slicing, cat, ...).
 
-The index arithmetic and the module rules are in :mod:`fcnkit._fx_rules`; ``apply`` dispatches to both.
+The index arithmetic and the module rules are in :mod:`fcnkit.geometry.rules`; ``apply`` dispatches to both.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 
-from fcnkit._fx_rules import (
+from fcnkit.geometry.rules import (
     WHOLE_IMAGE, Back, Value, _bind, _check_dims, _check_last_axes, _conv_like, _flat, _flatten, _linear,
     _module_rule, _pool_value, _resample, _resize, _shift, _spatial, _window, identity,
 )
 
 if TYPE_CHECKING:
-    from fcnkit._fx_geometry import _Propagation
+    from fcnkit.geometry.propagate import _Propagation
 
 
 # ---- functions and methods --------------------------------------------------------------------------------------

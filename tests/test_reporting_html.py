@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fcnkit.errors import InputError, OutputError
-from fcnkit.report import Report
+from fcnkit.reporting.html import Report
 
 SCORES = {
     "pixel_accuracy": 0.91,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fcnkit._tile_plan import Tile
+from fcnkit.inference.plan import Tile
 from fcnkit.errors import InputError, ModelError
 
 _DONE = object()  # end-of-stream marker on both queues

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnkit._ddp import Dist
+from fcnkit.training.ddp import Dist
 from fcnkit.errors import ModelError
 from fcnkit.metrics import ConfusionMeter
 
@@ -43,7 +43,7 @@ def evaluate_dense(
 
     Each image goes through :func:`fcnkit.predict`, the whole-image reference (the model pads itself). Under DDP each rank predicts a strided share of the images; the matrices are summed across ranks.
     """
-    from fcnkit.tiling import predict
+    from fcnkit.inference.tiled import predict
 
     meter = ConfusionMeter(num_classes)
     indices = range(len(dataset))[dist.shard(len(dataset))] if dist is not None else range(len(dataset))

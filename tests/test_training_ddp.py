@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fcnkit.checkpoint import load_checkpoint, read_checkpoint
-from fcnkit.train import TrainConfig, train
+from fcnkit.training.loop import TrainConfig, train
 
 # encoder_decoder has neither BatchNorm nor Dropout, so two half batches equal one whole batch up to the loss
 # normalisation (each rank averages over its own valid pixels) and float summation order.

@@ -12,7 +12,7 @@ from torch import nn
 from fcnkit.convert import convolutionalize
 from fcnkit.errors import InputError
 from fcnkit.data import voc_palette
-from fcnkit.viz import (COLORBAR_PX, IGNORE_RGB, PANEL_INCHES, colorize, heatmap, heatmap_panels, overlay,
+from fcnkit.reporting.pictures import (COLORBAR_PX, IGNORE_RGB, PANEL_INCHES, colorize, heatmap, heatmap_panels, overlay,
                         overlay_labels, panels, read_metrics, training_curves, upsample_grid, write_png)
 
 NAMES = ["background", "cat", "dog"]

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnkit import _ddp
+from fcnkit.training import ddp as _ddp
 from fcnkit.checkpoint import capture_rng, load_state_strict, read_checkpoint, restore_rng, save_checkpoint
 from fcnkit.errors import CheckpointError, InputError
-from fcnkit.evaluate import check_kind, evaluate_dense, evaluate_windows, summary
+from fcnkit.training.evaluate import check_kind, evaluate_dense, evaluate_windows, summary
 from fcnkit.io.atomic import atomic_file, check_target
 from fcnkit.losses import pixel_cross_entropy
-from fcnkit.train_setup import Batches, add_windows, build_optimizer, init_from_checkpoint, open_data
+from fcnkit.training.setup import Batches, add_windows, build_optimizer, init_from_checkpoint, open_data
 
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.01}
 

@@ -10,8 +10,8 @@ import torch
 
 from fcnkit.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from fcnkit.errors import CheckpointError, DataError, InputError, ModelError, OutputError
-from fcnkit.train import TrainConfig, _truncate_log, train
-from fcnkit.train_setup import Batches, init_from_checkpoint
+from fcnkit.training.loop import TrainConfig, _truncate_log, train
+from fcnkit.training.setup import Batches, init_from_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
