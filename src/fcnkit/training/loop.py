@@ -19,7 +19,6 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,41 +30,8 @@ from fcnkit.errors import CheckpointError, InputError
 from fcnkit.training.evaluate import check_kind, evaluate_dense, evaluate_windows, summary
 from fcnkit.io.atomic import atomic_file, check_target
 from fcnkit.losses import pixel_cross_entropy
+from fcnkit.training.config import TrainConfig, check_config
 from fcnkit.training.setup import Batches, add_windows, build_optimizer, init_from_checkpoint, open_data
-
-DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.01}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on. ``steps`` or ``epochs`` (one pass = len(train) / batch_size steps)."""
-
-    model: str
-    data: str = "scenes"
-    num_classes: int | None = None
-    patch: int = 64
-    batch_size: int = 16
-    steps: int | None = None
-    epochs: int | None = None
-    lr: float | None = None  # None: DEFAULT_LR of the optimizer
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    grad_clip: float | None = 5.0  # max global gradient norm; None or 0 disables clipping
-    width: float | None = None  # channel multiplier; None: the model's default
-    model_options: dict = field(default_factory=dict)
-    out: str = "runs/train"
-    resume: bool = False
-    overwrite: bool = False
-    device: str | None = None  # None: CUDA when available
-    init_from: str | None = None
-    eval_every: int | None = None  # None: 5 evaluations over the run; 0: only at the end
-    checkpoint_every: int = 100
-    seed: int = 0
-    val_size: int | None = None  # side of the built-in validation scenes (scenes only)
-    val_count: int | None = None  # evaluate on the first val_count validation images (None: all)
-    amp: bool = True  # bf16 autocast, on CUDA only
-    progress: bool = True
 
 
 @dataclass
@@ -81,43 +47,6 @@ class TrainResult:
     best_checkpoint: Path | None
     new_parameters: list[str] = field(default_factory=list)
     is_main: bool = True  # False on DDP ranks other than 0, which write nothing
-
-
-def _positive(value: Any, name: str, kind: type = int) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or (kind is int and int(value) != value) or (isinstance(value, float) and not math.isfinite(value)):
-        what = "a positive integer" if kind is int else "a positive number"
-        raise InputError(f"{name}: expected {what}, found {value!r}; pass e.g. {name}={1 if kind is int else 0.01}.")
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """Raise :class:`InputError` for any number or choice that cannot train."""
-    if (cfg.steps is None) == (cfg.epochs is None):
-        raise InputError(f"steps/epochs: expected exactly one of them, found steps={cfg.steps!r}, "
-                         f"epochs={cfg.epochs!r}; pass --steps N or --epochs N.")
-    _positive(cfg.steps if cfg.steps is not None else cfg.epochs, "steps" if cfg.steps is not None else "epochs")
-    _positive(cfg.patch, "patch")
-    _positive(cfg.batch_size, "batch_size")
-    _positive(cfg.checkpoint_every, "checkpoint_every")
-    if cfg.lr is not None:
-        _positive(cfg.lr, "lr", float)
-    if cfg.width is not None:
-        _positive(cfg.width, "width", float)
-    if cfg.optimizer not in DEFAULT_LR:
-        raise InputError(f"optimizer: expected one of {', '.join(DEFAULT_LR)}, found {cfg.optimizer!r}; "
-                         f"pass --optimizer sgd or --optimizer adamw.")
-    if cfg.eval_every is not None and (isinstance(cfg.eval_every, bool) or cfg.eval_every < 0):
-        raise InputError(f"eval_every: expected 0 (only at the end) or a positive number of steps, found "
-                         f"{cfg.eval_every!r}.")
-    for name in ("val_size", "val_count"):
-        if getattr(cfg, name) is not None:
-            _positive(getattr(cfg, name), name)
-    if cfg.resume and cfg.init_from:
-        raise InputError("resume and init_from: expected one of them, found both; --resume continues this run's "
-                         "own last.pt, --init-from starts a new run from another checkpoint.")
-    if cfg.device and torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device: expected an available device, found {cfg.device!r} without CUDA on this "
-                         f"machine; pass --device cpu.")
 
 
 def _check_out(cfg: TrainConfig, out: Path) -> Path | None:

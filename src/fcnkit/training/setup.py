@@ -6,18 +6,16 @@ Kept apart from the step loop in :mod:`fcnkit.training.loop` so each reads on it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fcnkit.training.config import DEFAULT_LR, TrainConfig
 from fcnkit.training.ddp import Dist
 from fcnkit.checkpoint import read_checkpoint
 from fcnkit.errors import CheckpointError, DataError, InputError
-
-if TYPE_CHECKING:
-    from fcnkit.training.loop import TrainConfig
 
 TRAIN_WINDOWS = 2200  # classifier training windows (200 per class of the 11 digit-scene classes)
 VAL_WINDOWS = 550
@@ -140,8 +138,6 @@ class Batches:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
     """SGD with momentum (or AdamW) and the poly schedule ``lr · (1 − step/steps)^0.9`` of DeepLab/FCN practice."""
-    from fcnkit.training.loop import DEFAULT_LR
-
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
