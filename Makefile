@@ -14,6 +14,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# Packages that ship real trained weights and a real nuclei image; their own dependencies (torchvision,
+	# TensorFlow) are neither needed nor loadable with the CPU torch here, so they come without them.
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt facenet-pytorch stardist
 	touch $(STAMP)
 
 install: $(STAMP)
