@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import zarr
+from ome_check import check_ome_zarr
 
 from fcnkit.errors import InputError
 from fcnkit.io import create_output, open_image
@@ -78,7 +79,9 @@ def test_label_output_pyramid_and_metadata(tmp_path):
     assert [d["path"] for d in multiscale["datasets"]] == ["0", "1", "2", "3"]
     assert multiscale["datasets"][2]["coordinateTransformations"] == [{"type": "scale", "scale": [4.0, 4.0]}]
     assert ome["image-label"]["colors"][1] == {"label-value": 1, "rgba": [255, 0, 0, 255]}
+    assert ome["image-label"]["colors"][0] == {"label-value": 0, "rgba": [0, 0, 0, 0]}  # background transparent
     assert meta["attributes"]["fcnkit"] == {"model": "unet", "palette": palette}
+    assert check_ome_zarr(target) == ome
     group = zarr.open_group(str(target), mode="r")
     for level in range(4):
         array = group[str(level)]
@@ -98,9 +101,41 @@ def test_probability_output_is_stored_cyx(tmp_path):
     assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["c", "y", "x"]
     assert "image-label" not in ome
     assert ome["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 2.0]
+    assert [c["label"] for c in ome["omero"]["channels"]] == ["channel 0", "channel 1", "channel 2"]
+    check_ome_zarr(target)
     level1 = zarr.open_array(str(target / "1"), mode="r")
     np.testing.assert_array_equal(level1[:], np.moveaxis(probs[::2, ::2], 2, 0))
     np.testing.assert_array_equal(open_image(target)[10:200, 5:6], probs[10:200, 5:6])
+
+
+def test_class_names_reach_viewers(tmp_path):
+    """Label images name their classes in image-label properties (napari shows them); probability channels are
+    named after the classes in omero, windowed to the values they hold."""
+    names, palette = ["background", "cell", "nucleus"], [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
+    labels = np.random.default_rng(3).integers(0, 3, size=(40, 50), dtype=np.uint8)
+    with create_output(tmp_path / "l.ome.zarr", labels.shape, np.uint8, palette=palette,
+                       metadata={"class_names": names}) as out:
+        out[0:40, 0:50] = labels
+    label = check_ome_zarr(tmp_path / "l.ome.zarr")["image-label"]
+    assert label["properties"] == [{"label-value": i, "class": n} for i, n in enumerate(names)]
+    assert [c["rgba"] for c in label["colors"]] == [[0, 0, 0, 0], [255, 0, 0, 255], [0, 255, 0, 255]]
+
+    probs = np.random.default_rng(4).random((40, 50, 3), dtype=np.float32)
+    with create_output(tmp_path / "p.ome.zarr", probs.shape, np.float32, kind="image",
+                       metadata={"class_names": names}) as out:
+        out[0:40, 0:50] = probs
+    channels = check_ome_zarr(tmp_path / "p.ome.zarr")["omero"]["channels"]
+    assert [c["label"] for c in channels] == names
+    window = channels[1]["window"]
+    assert (window["min"], window["max"]) == (float(probs[:, :, 1].min()), float(probs[:, :, 1].max()))
+
+
+def test_more_classes_than_palette_colours_still_validate(tmp_path):
+    with create_output(tmp_path / "l.ome.zarr", (8, 8), np.uint8, palette=[[0, 0, 0], [9, 9, 9]],
+                       metadata={"class_names": ["a", "b", "c"]}) as out:
+        out[0:8, 0:8] = 2
+    colours = check_ome_zarr(tmp_path / "l.ome.zarr")["image-label"]["colors"]
+    assert colours[2] == {"label-value": 2, "rgba": [128, 128, 128, 255]}
 
 
 def test_ome_view_pickles_as_its_root(tmp_path):

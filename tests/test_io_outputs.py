@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from ome_check import check_ome_zarr
 
 from fcnkit.errors import OutputError
 from fcnkit.io import create_output, open_image, output_status, read_image
@@ -36,6 +37,8 @@ def test_label_round_trip_every_format(tmp_path, name):
         np.testing.assert_array_equal(out[10:40, 60:70], LABELS[10:40, 60:70])
     np.testing.assert_array_equal(read_image(tmp_path / name, mode="label"), LABELS)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no partial, no journal, no temp file
+    if name.endswith(".ome.zarr"):
+        check_ome_zarr(tmp_path / name)
 
 
 def test_rgb_png_and_int32_zarr(tmp_path):
@@ -76,6 +79,7 @@ def test_overwrite_replaces_only_on_close(tmp_path):
     out.close()
     np.testing.assert_array_equal(open_image(target)[:, :, 0], LABELS + 1)
     assert not any(p.name.startswith(".o.ome.zarr.old") for p in tmp_path.iterdir())
+    check_ome_zarr(target)
 
 
 @pytest.mark.parametrize("name", ["o.png", "o.ome.zarr", "o.tif"])
@@ -90,6 +94,8 @@ def test_failure_before_close_leaves_old_output(tmp_path, name):
             raise RuntimeError("crash")
     np.testing.assert_array_equal(read_image(target, mode="label"), before)
     assert output_status(target) == "partial"  # kept for --resume
+    if name.endswith(".ome.zarr"):
+        check_ome_zarr(target)  # the old output is still a valid OME-Zarr
 
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path):
@@ -105,6 +111,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     out.close()
     np.testing.assert_array_equal(open_image(target)[:, :, 0], LABELS)
     assert not (tmp_path / "o.ome.zarr.journal").exists()
+    check_ome_zarr(target)
 
 
 def test_resume_refuses_another_plan_shape_or_dtype(tmp_path):
@@ -200,3 +207,4 @@ def test_kill_9_then_resume(tmp_path):
     finished = subprocess.run([*run, "-1"], capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     np.testing.assert_array_equal(open_image(target)[:, :, 0], LABELS)
+    check_ome_zarr(target)

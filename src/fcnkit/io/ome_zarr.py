@@ -100,9 +100,22 @@ def build_pyramid(group: zarr.Group, *, channels: int | None) -> int:
 
 
 def ome_metadata(
-    *, levels: int, channels: int | None, name: str, palette: Any = None, labels: bool = False
+    *,
+    levels: int,
+    channels: int | None,
+    name: str,
+    palette: Any = None,
+    labels: bool = False,
+    class_names: list[str] | None = None,
+    channel_windows: list[tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
-    """The NGFF 0.5 ``ome`` attributes: multiscales with axes and scale transforms, plus image-label colours."""
+    """The NGFF 0.5 ``ome`` attributes: multiscales with axes and scale transforms, and what viewers show.
+
+    A label image gets ``image-label``: one colour per class (label 0, the background, fully transparent so the
+    image underneath shows) and, with ``class_names``, ``properties`` naming each label value (napari shows them).
+    A channel image (probabilities, logits) gets ``omero`` channels named after ``class_names`` (when there is one
+    per channel), coloured with ``palette`` and windowed to ``channel_windows`` (min, max) per channel.
+    """
     axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
     if channels is not None:
         axes.insert(0, {"name": "c", "type": "channel"})
@@ -119,9 +132,37 @@ def ome_metadata(
         "metadata": {"description": "each level is the previous one subsampled by 2 (nearest neighbour, [::2, ::2])"},
     }
     ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [multiscale]}
+    colours = [] if palette is None else np.asarray(palette, dtype=np.uint8).reshape(-1, 3).tolist()
     if labels:
-        colours = [] if palette is None else np.asarray(palette, dtype=np.uint8).reshape(-1, 3).tolist()
-        ome["image-label"] = {
-            "colors": [{"label-value": i, "rgba": [*rgb, 255]} for i, rgb in enumerate(colours)],
-        }
+        ome["image-label"] = _image_label(colours, class_names)
+    elif channels is not None:
+        ome["omero"] = _omero(channels, colours, class_names, channel_windows)
     return ome
+
+
+def _image_label(colours: list[list[int]], class_names: list[str] | None) -> dict[str, Any]:
+    """NGFF ``image-label``: colours and properties must list the same label values (one per class)."""
+    count = len(class_names) if class_names else len(colours)
+    colours = colours + [[128, 128, 128]] * (count - len(colours))  # a class without a palette entry shows grey
+    label = {"colors": [{"label-value": i, "rgba": [*colours[i], 0 if i == 0 else 255]} for i in range(count)]}
+    if class_names:
+        label["properties"] = [{"label-value": i, "class": str(n)} for i, n in enumerate(class_names)]
+    return label
+
+
+def _omero(channels: int, colours: list[list[int]], class_names: list[str] | None,
+           windows: list[tuple[float, float]] | None) -> dict[str, Any]:
+    """OMERO rendering settings: a name, colour and display window per channel (NGFF "omero" block)."""
+    names = [str(n) for n in class_names] if class_names and len(class_names) == channels else \
+        [f"channel {c}" for c in range(channels)]
+    entries = []
+    for c in range(channels):
+        low, high = windows[c] if windows else (0.0, 1.0)
+        rgb = colours[c] if c < len(colours) and any(colours[c]) else [255, 255, 255]
+        entries.append({
+            "label": names[c],
+            "color": "".join(f"{v:02X}" for v in rgb),
+            "window": {"min": float(low), "max": float(high), "start": float(low), "end": float(high)},
+            "active": True,
+        })
+    return {"channels": entries, "rdefs": {"model": "color"}}

@@ -180,8 +180,10 @@ class Output:
                 group = zarr.open_group(str(partial), mode="r+")
                 channels = self.shape[2] if self._channels_first else None
                 levels = build_pyramid(group, channels=channels)
+                names = (self._metadata or {}).get("class_names")
                 ome = ome_metadata(levels=levels, channels=channels, name=self.path.name.split(".")[0],
-                                   palette=self._palette, labels=self.kind == "labels")
+                                   palette=self._palette, labels=self.kind == "labels", class_names=names,
+                                   channel_windows=_channel_windows(group[str(levels - 1)], channels))
                 group.attrs.update({"ome": ome, **({"fcnkit": extra} if extra else {})})
             elif extra:
                 self._array.attrs.update({"fcnkit": extra})
@@ -200,6 +202,14 @@ class Output:
         else:
             self._journal.close()  # keep the partial output and journal for resume
             self._closed = True
+
+
+def _channel_windows(smallest: zarr.Array, channels: int | None) -> list[tuple[float, float]] | None:
+    """(min, max) of each channel of the pyramid's smallest level: a display range read at O(chunk) cost."""
+    if channels is None:
+        return None
+    data = np.asarray(smallest[:]).reshape(channels, -1)
+    return [(float(np.nanmin(row)), float(np.nanmax(row))) for row in data]
 
 
 def _check_request(path: Path, fmt: str, shape: Any, dtype: np.dtype, kind: str) -> tuple[int, ...]:
