@@ -5,7 +5,8 @@ Every dataset yields ``(image (H, W, 3) uint8, label (H, W) uint8)`` with 255 = 
 size; training crops patches with :class:`PatchSampler`.
 
 Specs: ``scenes`` (the built-in digit scenes, optionally ``scenes:SIZE`` or ``scenes:HxW``), ``voc:ROOT`` (PASCAL
-VOC 2012 layout), ``folder:ROOT`` (``images/`` + ``masks/`` with the same stems).
+VOC 2012 layout), ``folder:ROOT`` (``images/`` + ``masks/`` with the same stems), ``nuclei`` / ``nuclei:QUADRANT``
+(a real fluorescence image of nuclei, three quadrants train and one is held out; :mod:`fcnkit.data.nuclei`).
 
 Example:
     >>> ds = open_dataset("scenes:64", split="val", count=2)
@@ -25,7 +26,7 @@ from fcnkit.errors import DataError
 
 __all__ = ["PatchSampler", "SegmentationDataset", "open_dataset", "voc_palette"]
 
-SCHEMES = ("scenes", "voc:ROOT", "folder:ROOT")
+SCHEMES = ("scenes", "voc:ROOT", "folder:ROOT", "nuclei")
 SPLITS = ("train", "val")
 
 
@@ -92,7 +93,7 @@ def open_dataset(spec: str, *, split: str = "train", num_classes: int | None = N
     """Open the dataset that ``spec`` names, for ``split`` ("train" or "val").
 
     Args:
-        spec: ``scenes`` / ``scenes:SIZE`` / ``scenes:HxW``, ``voc:ROOT`` or ``folder:ROOT``.
+        spec: ``scenes`` / ``scenes:SIZE`` / ``scenes:HxW``, ``voc:ROOT``, ``folder:ROOT`` or ``nuclei[:QUADRANT]``.
         split: "train" or "val".
         num_classes: required for ``folder``; for ``scenes`` (11) and ``voc`` (21) it must match if given.
         **options: passed to the dataset (``scenes``: ``size``, ``count``, ``seed``).
@@ -116,6 +117,10 @@ def open_dataset(spec: str, *, split: str = "train", num_classes: int | None = N
         from fcnkit.data.folder import FolderDataset
 
         return FolderDataset(rest, split, num_classes=num_classes, **options)
+    elif scheme == "nuclei":
+        from fcnkit.data.nuclei import NucleiDataset
+
+        dataset = NucleiDataset(split, **({"held_out": rest} if rest else {}), **options)
     else:
         raise DataError(
             f"unknown data spec {spec!r}; expected one of {', '.join(SCHEMES)} "
