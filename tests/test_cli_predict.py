@@ -14,6 +14,7 @@ import pytest
 import tifffile
 import torch
 import zarr
+from ome_check import check_ome_zarr
 from PIL import Image
 
 import fcnkit
@@ -63,6 +64,7 @@ def test_tiff_to_ome_zarr_and_probs(checkpoint, tmp_path, capsys):
     assert "s.ome.zarr: 80×64 labels" in printed.out and "MP/s" in printed.out
     assert "tile" in printed.err  # the progress bar
     np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], _expected(checkpoint, image))
+    assert check_ome_zarr(out)["image-label"]["properties"][1] == {"label-value": 1, "class": "a"}
     probs = tmp_path / "p.zarr"
     assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "s.tif"), "--out", str(probs),
                  "--output", "probs", "--tile", "24", "--quiet"]) == 0
@@ -111,6 +113,92 @@ def test_format_needs_a_folder(checkpoint, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out",
                  str(tmp_path / "o.png"), "--format", ".zarr"]) == 2
     assert "--format .zarr applies to an --out folder" in capsys.readouterr().err
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["y.zarr", "y.ome.zarr"])
+def test_a_second_predict_into_a_zarr_store_refuses_replaces_or_resumes(checkpoint, tmp_path, capsys, name):
+    first, second = _png(tmp_path / "a.png", 24, 30, seed=4), _png(tmp_path / "b.png", 24, 30, seed=5)
+    out = tmp_path / name
+    argv = ["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--quiet"]
+    read = (lambda: zarr.open_group(str(out))["0"][:]) if name.endswith(".ome.zarr") else \
+        (lambda: zarr.open_array(str(out))[:])
+    assert main([*argv, str(tmp_path / "a.png")]) == 0
+    before = _listing(tmp_path)
+    capsys.readouterr()
+
+    assert main([*argv, str(tmp_path / "b.png")]) == 2  # refused like PNG and TIFF, nothing nested inside
+    assert capsys.readouterr().err == (f"fcnkit: error: {out} exists; pass --overwrite to replace it or --resume "
+                                       "to continue\n")
+    assert _listing(tmp_path) == before
+    np.testing.assert_array_equal(read(), _expected(checkpoint, first))
+
+    assert main([*argv, str(tmp_path / "b.png"), "--resume"]) == 0  # the same store, already complete
+    assert _listing(tmp_path) == before
+    np.testing.assert_array_equal(read(), _expected(checkpoint, first))
+
+    assert main([*argv, str(tmp_path / "b.png"), "--overwrite"]) == 0  # really replaced, no partial left
+    assert _listing(tmp_path) == before
+    np.testing.assert_array_equal(read(), _expected(checkpoint, second))
+    if name.endswith(".ome.zarr"):
+        check_ome_zarr(out)
+
+
+@pytest.mark.parametrize("out", ["two.png", "two.ome.zarr", "existing.zarr"])
+def test_several_inputs_need_a_folder(checkpoint, tmp_path, capsys, out):
+    _png(tmp_path / "a.png", 16, 16)
+    _png(tmp_path / "b.png", 16, 16)
+    if out == "existing.zarr":
+        zarr.create_array(str(tmp_path / out), shape=(4, 4), dtype="uint8")
+    before = _listing(tmp_path)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                 "--out", str(tmp_path / out)]) == 2
+    found = "an existing zarr store" if out == "existing.zarr" else f"a .{out.split('.', 1)[1]} file name"
+    assert capsys.readouterr().err == (f"fcnkit: error: --out {tmp_path / out}: expected a folder for 2 inputs, "
+                                       f"found {found}; pass a folder such as {tmp_path / out.split('.')[0]}/ and "
+                                       "each input gets its own output inside it.\n")
+    assert _listing(tmp_path) == before
+
+
+def test_outputs_in_a_folder_follow_their_inputs(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # --help on one line per option, so the rule reads unbroken
+    png, jpg = _png(tmp_path / "a.png", 20, 24, seed=1), _png(tmp_path / "b.jpg", 20, 24, seed=2)
+    jpg = np.asarray(Image.open(tmp_path / "b.jpg"))
+    tif = np.random.default_rng(3).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "c.tif", tif)
+    inputs = [str(tmp_path / n) for n in ("a.png", "b.jpg", "c.tif")]
+    assert main(["predict", "--checkpoint", str(checkpoint), *inputs, "--out", str(tmp_path / "res"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["a.png", "b.png", "c.ome.zarr"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "res" / "a.png")), _expected(checkpoint, png))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "res" / "b.png")), _expected(checkpoint, jpg))
+    np.testing.assert_array_equal(check_ome_zarr(tmp_path / "res" / "c.ome.zarr") and
+                                  zarr.open_group(str(tmp_path / "res" / "c.ome.zarr"))["0"][:],
+                                  _expected(checkpoint, tif))
+    assert main(["predict", "--checkpoint", str(checkpoint), *inputs[:2], "--out", str(tmp_path / "p"),
+                 "--output", "probs", "--quiet"]) == 0  # PNG cannot hold probabilities
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a.ome.zarr", "b.ome.zarr"]
+    channels = check_ome_zarr(tmp_path / "p" / "a.ome.zarr")["omero"]["channels"]
+    assert [c["label"] for c in channels] == ["bg", "a", "b"]
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    help_text = capsys.readouterr().out
+    assert "a PNG for overlays and for labels of PNG/JPEG inputs, an OME-Zarr for the rest" in help_text
+    assert "default: cuda when available, else cpu" in help_text
+
+
+def test_device_defaults_to_cuda_when_present(checkpoint, tmp_path, monkeypatch):
+    import fcnkit.cli.predict as cli_predict
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cli_predict, "_predict_one", lambda model, source, target, args: seen.append(args.device))
+    _png(tmp_path / "a.png", 16, 16)
+    argv = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "o.png")]
+    assert main(argv) == 0 and main([*argv, "--device", "cpu"]) == 0
+    assert seen == ["cuda", "cpu"]
 
 
 class _Recording:
@@ -191,6 +279,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(checkpoint, tmp_path):
     assert not journal.exists()
     labels = zarr.open_group(str(out))["0"][:]
     np.testing.assert_array_equal(labels, _expected(checkpoint, image))
+    check_ome_zarr(out)
 
     fresh = tmp_path / "fresh.ome.zarr"
     whole = _run([*argv[:-4], "--out", str(fresh), "--tile", "64"])

@@ -1,8 +1,10 @@
 """``fcnkit predict``: exact tiled inference of a checkpoint on images of any size, streamed to disk, resumable.
 
 One input: ``--out`` is the output file and its suffix picks the format (``.png``, ``.zarr``, ``.ome.zarr``,
-``.tif``). Several inputs (or an ``--out`` that is an existing folder or ends with ``/``): ``--out`` is a folder and
-each input ``NAME.ext`` gives ``NAME`` + ``--format`` there (default ``.png`` for overlays, ``.ome.zarr`` otherwise).
+``.tif``); an existing ``.zarr`` store there is a previous result (refused, replaced with ``--overwrite``, continued
+with ``--resume``), never a folder to write into. Several inputs (or an ``--out`` that is an existing plain folder or
+ends with ``/``): ``--out`` is a folder and each input ``NAME.ext`` gives ``NAME`` + a suffix there: ``--format``
+if given, else ``FOLDER_RULE``.
 Output tiles are aligned to the storage chunks, so a killed run resumed with ``--resume`` rewrites no finished chunk.
 """
 
@@ -24,6 +26,8 @@ fcnkit predict --checkpoint best.pt slide.tif --out labels.ome.zarr --memory-lim
 """
 
 OUTPUTS = ("labels", "probs", "logits", "overlay")
+FOLDER_RULE = ("a PNG for overlays and for labels of PNG/JPEG inputs, an OME-Zarr for the rest (TIFF and zarr "
+               "inputs, probabilities, logits)")
 _MAX_CHUNK = 1024  # output chunk side: large enough for throughput, small enough for viewers and pyramids
 _OVERLAY_ALPHA = 0.5
 
@@ -31,15 +35,18 @@ _OVERLAY_ALPHA = 0.5
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a .pt file written by `fcnkit train`")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images: PNG, JPEG, TIFF/BigTIFF, .zarr, .ome.zarr")
-    parser.add_argument("--out", required=True, help="output file (one input) or folder (several inputs)")
+    parser.add_argument("--out", required=True,
+                        help="output file for one input (its suffix picks the format: .png, .zarr, .ome.zarr, .tif), "
+                             f"or a folder for several inputs; in a folder each input gets {FOLDER_RULE}")
     parser.add_argument("--output", choices=OUTPUTS, default="labels",
                         help="labels (default), probs or logits (float32 per class), overlay (PNG of image + colours)")
     parser.add_argument("--format", dest="suffix", metavar="SUFFIX",
-                        help="suffix of each output in an --out folder: .png, .zarr, .ome.zarr or .tif")
+                        help="suffix of every output in an --out folder: .png, .zarr, .ome.zarr or .tif "
+                             "(default: per input, see --out)")
     parser.add_argument("--tile", type=int, help="tile side in pixels (default: the largest that fits in memory)")
     parser.add_argument("--memory-limit", help="memory for the tiles, e.g. 4GB (default: half of the available memory)")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: what fits)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:K")
+    parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available, else cpu)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished tiles")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--scheduler", metavar="ADDRESS",
@@ -59,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
                              f"memory.")
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite contradict each other; pass one of them.")
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_checkpoint(args.checkpoint, map_location="cpu")
     targets = _targets([Path(p) for p in args.inputs], Path(args.out), args.out.endswith(("/", "\\")),
                        args.output, args.suffix)
@@ -79,15 +90,18 @@ def _targets(inputs: list[Path], out: Path, folder_hint: bool, output: str, suff
     """``(input, output path)`` pairs: ``--out`` itself for one input, else ``folder/stem + suffix``."""
     from fcnkit.errors import InputError
 
-    if len(inputs) == 1 and not folder_hint and not out.is_dir():
+    store = _is_store(out)
+    if len(inputs) == 1 and not folder_hint and (store or not out.is_dir()):
         if suffix is not None:
             raise InputError(f"--format {suffix} applies to an --out folder; for one input the suffix of --out "
                              f"({out.name}) decides the format, so leave --format out.")
         return [(inputs[0], out)]
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file but {len(inputs)} inputs need a folder; pass a folder path.")
-    suffix = suffix or (".png" if output == "overlay" else ".ome.zarr")
-    if not suffix.startswith("."):
+    if store or out.exists() and not out.is_dir() or _output_suffix(out) and not folder_hint:
+        what = "an existing zarr store" if store else "a file" if out.exists() else f"a {_output_suffix(out)} file name"
+        count = f"{len(inputs)} inputs" if len(inputs) > 1 else "a folder target (trailing /)"
+        raise InputError(f"--out {out}: expected a folder for {count}, found {what}; pass a folder such as "
+                         f"{out.parent / out.name.split('.')[0]}/ and each input gets its own output inside it.")
+    if suffix is not None and not suffix.startswith("."):
         suffix = "." + suffix
     pairs, seen = [], {}
     for path in inputs:
@@ -96,12 +110,31 @@ def _targets(inputs: list[Path], out: Path, folder_hint: bool, output: str, suff
             if stem.lower().endswith(ext):
                 stem = stem[: -len(ext)]
                 break
-        target = out / (stem + suffix)
+        target = out / (stem + (suffix or _default_suffix(path, output)))
         if target in seen:
             raise InputError(f"inputs {seen[target]} and {path} would both write {target}; rename one of them.")
         seen[target] = path
         pairs.append((path, target))
     return pairs
+
+
+def _default_suffix(source: Path, output: str) -> str:
+    """The output suffix for ``source`` in an --out folder (``FOLDER_RULE``): a result like its input."""
+    if output == "overlay" or output == "labels" and source.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return ".png"
+    return ".ome.zarr"
+
+
+def _output_suffix(path: Path) -> str | None:
+    """The output suffix ``path`` ends with (``.ome.zarr``, ``.png``, ...), or None for a folder-like name."""
+    name = path.name.lower()
+    return next((s for s in (".ome.zarr", ".zarr", ".png", ".tif", ".tiff") if name.endswith(s)), None)
+
+
+def _is_store(path: Path) -> bool:
+    """True for an existing zarr store (a previous result), which is a file to replace, not a folder to fill."""
+    return path.is_dir() and (path.name.lower().endswith(".zarr") or
+                              any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray")))
 
 
 def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespace) -> None:
