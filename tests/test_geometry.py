@@ -64,7 +64,8 @@ def test_textbook_halo_matches_probe(name):
 def test_geometry_is_frozen_and_serializable():
     g = analyze(seq(conv(3)))
     assert g.to_dict() == {"receptive_field": 3, "output_stride": 1, "input_multiple": 1, "halo": 1,
-                           "padding": "same", "local": True, "nonlocal_reason": None}
+                           "padding": "same", "local": True, "nonlocal_reason": None, "method": "traced",
+                           "probe_reason": None}
     with pytest.raises(AttributeError):
         g.halo = 0  # type: ignore[misc]
     assert isinstance(fcnkit.analyze(seq(conv(3))), fcnkit.Geometry) and Geometry is fcnkit.Geometry

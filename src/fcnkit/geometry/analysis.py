@@ -2,8 +2,9 @@
 
 ``analyze`` reads the model's ``torch.fx`` graph (see :mod:`fcnkit.geometry.propagate`) without running it, so the full
 134M-parameter FCN-8s analyzes in milliseconds. Where the graph cannot be traced or holds an operation without a
-rule, the numbers come from measurements on a CPU float64 copy instead (:func:`probe_radius` and shape/shift probes
-in :mod:`fcnkit.geometry.probe`). Non-local layers are named either way.
+rule, the numbers come from measurements on a CPU copy instead (:func:`probe_radius` and shape/shift probes in
+:mod:`fcnkit.geometry.probe`); ``Geometry.method`` and ``Geometry.probe_reason`` say which, and why. Non-local layers
+are named either way. An error inside fcnkit's own rules is raised, never hidden behind the probe.
 
 >>> import torch.nn as nn
 >>> g = analyze(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1)))
@@ -14,15 +15,17 @@ in :mod:`fcnkit.geometry.probe`). Non-local layers are named either way.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch.nn as nn
 
-from fcnkit.geometry import propagate as _fx_geometry
-from fcnkit.geometry import probe as _probe
-from fcnkit.geometry.probe import probe_radius
+import fcnkit.geometry.probe as _probe
 from fcnkit.errors import ModelError
+from fcnkit.geometry.ops import SPATIAL, WHOLE_IMAGE, nonlocal_module, trace
+from fcnkit.geometry.probe import probe_radius
+from fcnkit.geometry.propagate import analyze_graph
+from fcnkit.geometry.state import Unreadable
 
 __all__ = ["Geometry", "analyze", "probe_radius"]
 
@@ -37,6 +40,8 @@ class Geometry:
     ``padding``: ``"same"`` (output covers the input at its stride) or ``"valid"`` (unpadded convolutions shrink
     it). ``local``: tiles can equal the whole-image run; if not, ``nonlocal_reason`` names the layer and why, and
     the numbers describe the model with that layer taken as point-wise (0 where nothing could be measured).
+    ``method``: ``"traced"`` (read from the fx graph) or ``"probed"`` (measured with probe images); then
+    ``probe_reason`` says why the graph could not be read. Neither takes part in ``==``: it compares the numbers.
     """
 
     receptive_field: int
@@ -46,6 +51,8 @@ class Geometry:
     padding: str
     local: bool
     nonlocal_reason: str | None = None
+    method: str = field(default="traced", compare=False)
+    probe_reason: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values, e.g. for a checkpoint's ``"geometry"`` entry."""
@@ -69,11 +76,16 @@ def analyze(model: nn.Module, *, in_channels: int = 3) -> Geometry:
     if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
         raise ModelError(f"analyze: expected in_channels to be a positive integer, got {in_channels!r}; "
                          "pass the number of channels of the model's input images.")
+    graph, why = None, None
     try:
-        graph = _fx_geometry.analyze_graph(_fx_geometry.trace(model))
-    except Exception:  # untraceable (data-dependent control flow, ...): measure instead
-        graph = None
-    walk_reason = _nonlocal_module(model)
+        gm = trace(model)
+    except Exception as exc:  # the model's own forward under torch.fx (data-dependent control flow, ...)
+        why = f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {_first_line(exc)})"
+    else:
+        try:
+            graph = analyze_graph(gm)  # an error of fcnkit's own rules propagates: it is a bug to fix, not to hide
+        except Unreadable as exc:
+            why = str(exc)
     if graph is not None and not graph.has_spatial_layers and not _has_spatial_module(model):
         raise _no_spatial(model)
     if graph is not None and graph.unknown is None:
@@ -83,10 +95,17 @@ def analyze(model: nn.Module, *, in_channels: int = 3) -> Geometry:
                              f"for {type(model).__name__}; fcnkit tiles models whose output stride is a whole number.")
         return _geometry(graph.radius, graph.receptive_field, int(stride), graph.input_multiple, graph.padding,
                          graph.nonlocal_reason)
-    reason = graph.nonlocal_reason if graph is not None else walk_reason
+    if graph is not None:
+        why = f"no geometry rule for {graph.unknown}"
+    reason = graph.nonlocal_reason if graph is not None else _nonlocal_module(model)
     if not _has_spatial_module(model):
         raise _no_spatial(model)
-    return _measured(model, in_channels, reason)
+    return replace(_measured(model, in_channels, reason), method="probed", probe_reason=why)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def _geometry(radius: int, side: int, stride: int, multiple: int, padding: str, reason: str | None) -> Geometry:
@@ -121,12 +140,8 @@ def _measured(model: nn.Module, in_channels: int, reason: str | None) -> Geometr
     return _geometry(radius, stride + 2 * radius, stride, multiple, padding, reason)
 
 
-_SPATIAL = (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.MaxUnpool2d, nn.Upsample,
-            nn.PixelShuffle, nn.PixelUnshuffle, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
 def _has_spatial_module(model: nn.Module) -> bool:
-    return any(isinstance(m, _SPATIAL) for m in model.modules())
+    return any(isinstance(m, SPATIAL) for m in model.modules())
 
 
 def _no_spatial(model: nn.Module) -> ModelError:
@@ -137,26 +152,13 @@ def _no_spatial(model: nn.Module) -> ModelError:
 
 def _nonlocal_module(model: nn.Module) -> str | None:
     """The first non-local module in registration order (for models the graph analysis cannot read)."""
-    from fcnkit.geometry import rules
-
     flattened = False
     for name, m in model.named_modules():
-        kind = type(m).__name__
-        if isinstance(m, rules.ADAPTIVE):
-            return f"{kind} at '{name}' pools the whole image to a fixed size; {rules.WHOLE_IMAGE}"
-        if isinstance(m, nn.GroupNorm):
-            return f"{kind} at '{name}' normalizes over the whole image; {rules.WHOLE_IMAGE}"
-        if isinstance(m, rules.INSTANCE) and (m.training or not m.track_running_stats):
-            return f"{kind} at '{name}' normalizes each channel over the whole image; {rules.WHOLE_IMAGE}"
-        if isinstance(m, rules.BATCH) and (m.training or m.running_mean is None):
-            return (f"{kind} at '{name}' normalizes with statistics of the whole batch and image (training mode "
-                    f"or no running statistics); call model.eval() first")
-        if isinstance(m, nn.LayerNorm):
-            return f"{kind} at '{name}' normalizes over its last dimensions, which include space; {rules.WHOLE_IMAGE}"
-        if isinstance(m, rules.ATTENTION):
-            return f"{kind} at '{name}' attends over all positions of the image; {rules.WHOLE_IMAGE}"
+        op = nonlocal_module(m)
+        if op is not None:
+            return f"{op.name} at '{name}' {op.reason}; {op.fix or WHOLE_IMAGE}"
         flattened = flattened or isinstance(m, nn.Flatten)
         if flattened and isinstance(m, nn.Linear):
-            return (f"{kind} at '{name}' mixes every position of the flattened feature map: the model is a "
-                    f"classifier of fixed-size inputs; convolutionalize it first")
+            return (f"{type(m).__name__} at '{name}' mixes every position of the flattened feature map: the model "
+                    f"is a classifier of fixed-size inputs; convolutionalize it first")
     return None
