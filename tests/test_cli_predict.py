@@ -20,7 +20,6 @@ from PIL import Image
 import fcnkit
 from fcnkit.checkpoint import save_checkpoint
 from fcnkit.cli import main
-from fcnkit.cli.predict import ConvertedView
 from fcnkit.io import open_image, read_image
 from fcnkit.inference.tiled import predict
 
@@ -199,31 +198,6 @@ def test_device_defaults_to_cuda_when_present(checkpoint, tmp_path, monkeypatch)
     argv = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "o.png")]
     assert main(argv) == 0 and main([*argv, "--device", "cpu"]) == 0
     assert seen == ["cuda", "cpu"]
-
-
-class _Recording:
-    """An (H, W, C) array-like that records the windows read from it."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
-
-    def __getitem__(self, key):
-        self.reads.append(key)
-        return self.array[key]
-
-
-def test_converted_view_reads_only_the_window_and_converts_like_read_image(tmp_path):
-    grey16 = np.random.default_rng(2).integers(0, 65536, (30, 40)).astype(np.uint16)
-    Image.fromarray(grey16).save(tmp_path / "g16.png")
-    expected = read_image(tmp_path / "g16.png", mode="rgb")  # grey repeated, 16-bit / 257
-    source = _Recording(open_image(tmp_path / "g16.png"))
-    view = ConvertedView(source, channels=3, scale_16_bit=True)
-    assert (view.shape, view.dtype, source.reads) == ((30, 40, 3), np.uint8, [])
-    np.testing.assert_array_equal(view[8:16, 4:12], expected[8:16, 4:12])
-    assert source.reads == [(slice(8, 16), slice(4, 12))]
-    np.testing.assert_array_equal(view[3, 5:7, 1], expected[3, 5:7, 1])  # integers drop their axis, as in numpy
-    rgba = np.dstack([grey16[:, :, None].astype(np.uint8)] * 3 + [np.zeros((30, 40, 1), np.uint8)])
-    np.testing.assert_array_equal(np.asarray(ConvertedView(rgba, channels=3, scale_16_bit=False)), rgba[:, :, :3])
 
 
 def test_16_bit_grey_is_converted_with_a_note(checkpoint, tmp_path, capsys):

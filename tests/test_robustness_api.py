@@ -139,8 +139,8 @@ def test_models_and_numbers(unet):
             predict_tiled(unet, image, tile=tile)
     with _raises(InputError, "memory_limit='lots' is not a memory size"):
         predict_tiled(unet, image, memory_limit="lots")
-    with _raises(InputError, "image has 4 channel"):
-        predict(unet, np.zeros((8, 8, 4), np.uint8))
+    with _raises(InputError, r"image has 5 channel\(s\) but the model expects 3; select 3 of its channels"):
+        predict(unet, np.zeros((8, 8, 5), np.uint8))  # grey, grey+alpha and RGBA are converted (fcnkit.io.pixels)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

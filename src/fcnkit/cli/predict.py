@@ -173,84 +173,15 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
 
 
 def _adapted(image: Any, model: Any, source: Path) -> Any:
-    """``image`` as the model wants it, converted window by window the way ``read_image(mode="rgb")`` converts a
-    whole file: grey (+alpha) repeated to RGB, alpha dropped, 16-bit scaled to 0-255; a note on stderr says so.
+    """``image`` as the model takes it, converted window by window by the one pixel rule of the API
+    (:mod:`fcnkit.io.pixels`: grey repeated to RGB, alpha dropped, 16-bit scaled to 0-255); a note on stderr says
+    what changed. Any other channel mismatch is left for tiling to refuse."""
+    from fcnkit.inference.inputs import conversion_of, model_input
 
-    Only conversions that lose nothing the model could use happen; any other channel mismatch is left for tiling
-    to refuse.
-    """
-    from fcnkit.inference.tiled import expected_channels
-
-    have = image.shape[2] if len(image.shape) == 3 else 1
-    want = expected_channels(model)
-    channels = have if want is None or (have, want) not in _CHANNEL_CONVERSIONS else want
-    dtype = np.dtype(image.dtype)
-    # fcnkit models are trained on 8-bit values (datasets scale 16-bit files by 1/257 too)
-    scale = dtype.kind == "u" and dtype.itemsize == 2
-    if channels == have and not scale:
-        return image
-    done = [_CHANNEL_CONVERSIONS[(have, want)]] if channels != have else []
-    if scale:
-        done.append("16-bit values scaled to 8 bits (/257)")
-    print(f"fcnkit: note: {source}: {', '.join(done)}, as the model expects.", file=sys.stderr)
-    return ConvertedView(image, channels=channels, scale_16_bit=scale)
-
-
-# (channels in the file, channels the model takes) -> what the conversion does
-_CHANNEL_CONVERSIONS = {
-    (1, 3): "grey repeated to RGB",
-    (2, 3): "alpha dropped and grey repeated to RGB",
-    (4, 3): "alpha dropped",
-    (2, 1): "alpha dropped",
-}
-
-
-class ConvertedView:
-    """A lazy ``(H, W, channels)`` view of an ``(H, W, C)`` image that converts each window as it is read.
-
-    ``view[y0:y1, x0:x1]`` reads ``image[y0:y1, x0:x1]`` only (memory stays O(window)), drops an alpha channel
-    (C = 2 or 4), repeats one grey channel to ``channels`` = 3, and with ``scale_16_bit`` maps 0-65535 to uint8
-    0-255 (``round(v / 257)``, 65535 -> 255 exactly). A third index selects channels of the converted window.
-    """
-
-    def __init__(self, image: Any, *, channels: int, scale_16_bit: bool) -> None:
-        self._image = image
-        self._channels = channels
-        self._scale = scale_16_bit
-        self.shape = (int(image.shape[0]), int(image.shape[1]), channels)
-        self.dtype = np.dtype(np.uint8) if scale_16_bit else np.dtype(image.dtype)
-        self.ndim = 3
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if len(key) > 3 or any(k is Ellipsis for k in key):
-            raise IndexError(f"index the image as img[y0:y1, x0:x1] or img[y0:y1, x0:x1, c]; got {key!r}")
-        rows, cols, chans = key + (slice(None),) * (3 - len(key))
-        # integers read a one-pixel slice (the source keeps its axes), dropped again at the end as numpy would
-        window = np.asarray(self._image[_as_slice(rows), _as_slice(cols)])
-        if window.ndim == 2:
-            window = window[:, :, np.newaxis]
-        if self._scale:
-            window = np.round(window / 257.0).astype(np.uint8)
-        if window.shape[2] in (2, 4) and self._channels < window.shape[2]:
-            window = window[:, :, : window.shape[2] - 1]
-        if window.shape[2] == 1 and self._channels > 1:
-            window = np.repeat(window, self._channels, axis=2)
-        drop = tuple(0 if isinstance(k, (int, np.integer)) else slice(None) for k in (rows, cols))
-        return window[drop + (chans,)]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        data = self[:, :]
-        return data if dtype is None else data.astype(dtype)
-
-
-def _as_slice(index: Any) -> Any:
-    if isinstance(index, (int, np.integer)):
-        return slice(index, index + 1) if index != -1 else slice(-1, None)
-    return index
+    done = conversion_of(model, image).notes()
+    if done:
+        print(f"fcnkit: note: {source}: {', '.join(done)}, as the model expects.", file=sys.stderr)
+    return model_input(model, image)
 
 
 def _compute(model: Any, image: Any, out: Any, plan: Any, output: str, args: argparse.Namespace) -> None:
@@ -311,6 +242,7 @@ def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any
     from fcnkit.data import voc_palette
     from fcnkit.errors import InputError
     from fcnkit.io import create_output
+    from fcnkit.io.pixels import display_rgb
     from fcnkit.inference.tiled import predict_tiled
 
     height, width = image.shape[:2]
@@ -323,22 +255,10 @@ def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any
     labels = np.repeat(np.repeat(labels, s, axis=0), s, axis=1)[:height, :width]
     colours = np.asarray(palette if palette is not None else voc_palette(256), np.uint8)
     colours = np.concatenate([colours, np.zeros((max(0, int(labels.max()) + 1 - len(colours)), 3), np.uint8)])
-    picture = _as_rgb(np.asarray(image[0:height, 0:width]))
+    picture = display_rgb(image[0:height, 0:width])
     blended = (1 - _OVERLAY_ALPHA) * picture + _OVERLAY_ALPHA * colours[labels]
     with create_output(target, (height, width, 3), np.uint8, overwrite=args.overwrite or args.resume,
                        kind="image") as out:
         out[0:height, 0:width] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     if not args.quiet:
         print(f"{target}: overlay of {height}×{width} labels")
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """Any (H, W[, C]) image as float RGB in 0-255: grey repeated, alpha dropped, 16-bit and [0, 1] floats scaled."""
-    if image.ndim == 2:
-        image = image[:, :, None]
-    image = image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
-    if image.dtype == np.uint16:
-        return image / 257.0
-    if image.dtype.kind == "f" and image.size and image.max() <= 1.0:
-        return image * 255.0
-    return image.astype(np.float64)

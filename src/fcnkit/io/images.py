@@ -1,4 +1,4 @@
-"""PNG and JPEG through Pillow: reading as (H, W, C) arrays, ``read_image`` for datasets, and atomic ``write_png``."""
+"""PNG and JPEG through Pillow: reading as (H, W, C) arrays, converting for datasets, and atomic ``write_png``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from fcnkit.errors import InputError, OutputError
 from fcnkit.io.atomic import atomic_file
+from fcnkit.io.pixels import conversion_for, native
 
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -83,39 +84,28 @@ def read_pillow(path: str | os.PathLike) -> np.ndarray:
     return pillow_to_array(load_pillow(path))
 
 
-def _native(array: np.ndarray) -> np.ndarray:
-    # big-endian 16-bit pixels (Pillow's "I;16B", some TIFFs) compare unequal to np.uint16 until swapped
-    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
-
-
 def rgb_from_array(array: np.ndarray, source: str) -> np.ndarray:
-    """(H, W, C) array -> (H, W, 3) uint8: grey repeated, alpha dropped, 16-bit scaled to 8-bit."""
-    array = _native(array)
+    """(H, W, C) array -> (H, W, 3) uint8 by the one pixel rule (:mod:`fcnkit.io.pixels`): grey repeated, alpha
+    dropped, 16-bit scaled to 8-bit; other pixel types are refused (datasets hold 8- or 16-bit images)."""
+    array = native(array)
     channels = array.shape[2]
     if channels not in (1, 2, 3, 4):
         raise InputError(
             f"{source} has {channels} channels; read_image(mode='rgb') expects grey, grey+alpha, RGB or RGBA; "
             "save a 3-channel version of the image"
         )
-    if array.dtype == np.uint16:
-        array = np.round(array / 257.0).astype(np.uint8)  # 65535 -> 255 exactly
-    elif array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype != np.uint8:
+    if array.dtype not in (np.uint8, np.uint16, np.bool_):
         raise InputError(
             f"{source} has pixel type {array.dtype}; read_image(mode='rgb') expects 8- or 16-bit unsigned pixels; "
             "convert the image to 8-bit (uint8) first"
         )
-    if channels in (2, 4):
-        array = array[:, :, : channels - 1]  # drop alpha
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
+    array = conversion_for(channels=channels, dtype=array.dtype, wanted=3).apply(array)
     return np.ascontiguousarray(array)
 
 
 def label_from_array(array: np.ndarray, source: str) -> np.ndarray:
     """(H, W, C) array of class indices -> (H, W) uint8; colour masks are refused, values above 255 too."""
-    array = _native(array)
+    array = native(array)
     if array.shape[2] > 1:
         colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
         if not (colour == colour[:, :, :1]).all():
@@ -138,43 +128,6 @@ def label_from_array(array: np.ndarray, source: str) -> np.ndarray:
             "(255 = ignore); renumber the classes into 0-254"
         )
     return array.astype(np.uint8)
-
-
-def read_image(path: str | os.PathLike, *, mode: str = "rgb") -> np.ndarray:
-    """Read a whole image for training or evaluation.
-
-    ``mode="rgb"`` -> (H, W, 3) uint8 (grey expanded, alpha dropped, palette resolved to colours, 16-bit scaled).
-    ``mode="label"`` -> (H, W) uint8 class indices (a palette PNG's indices as stored, a grey image's values;
-    colour masks, lossy JPEG masks and values above 255 are refused). PNG/JPEG go through Pillow; TIFF and zarr
-    inputs are read whole through ``open_image``.
-
-    >>> read_image("masks/2007_000032.png", mode="label").shape   # doctest: +SKIP
-    (281, 500)
-    """
-    if mode not in ("rgb", "label"):
-        raise InputError(f"read_image mode must be 'rgb' or 'label', got {mode!r}; pass one of those")
-    path = Path(path)
-    source = str(path)
-    if path.suffix.lower() in PILLOW_SUFFIXES:
-        image = load_pillow(path)
-        if mode == "rgb":
-            return rgb_from_array(pillow_to_array(image), source)
-        if image.format == "JPEG":
-            raise InputError(
-                f"mask {source} is a JPEG; JPEG is lossy, so the edges of its regions carry invented class values; "
-                "save masks as PNG"
-            )
-        if image.mode in ("P", "PA"):
-            indices = np.asarray(image)
-            return np.ascontiguousarray(indices if indices.ndim == 2 else indices[:, :, 0], dtype=np.uint8)
-        return label_from_array(pillow_to_array(image), source)
-    from fcnkit.io import open_image  # the dispatcher lives in the package; imported here to avoid a cycle
-
-    view = open_image(path)
-    array = np.asarray(view[:, :])
-    if hasattr(view, "close"):
-        view.close()
-    return rgb_from_array(array, source) if mode == "rgb" else label_from_array(array, source)
 
 
 def _png_image(array: np.ndarray, palette: Any, path: Path) -> Image.Image:

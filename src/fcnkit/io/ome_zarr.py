@@ -9,6 +9,7 @@ Spec: https://ngff.openmicroscopy.org/0.5/
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,9 +34,11 @@ def is_ome_group(group: zarr.Group) -> bool:
     return "multiscales" in attrs or "bioformats2raw.layout" in attrs
 
 
-def open_ome_group(group: zarr.Group, source: str) -> ChannelsLastView:
-    """Level 0 of the first multiscale image of ``group`` as a lazy (H, W, C) view (t and z must be singletons)."""
-    root = source
+def open_ome_group(group: zarr.Group, source: str, *, reopen: Callable[[], Any] | None = None) -> ChannelsLastView:
+    """Level 0 of the first multiscale image of ``group`` as a lazy (H, W, C) view (t and z must be singletons).
+
+    ``reopen``: a picklable call that opens the same image again (how the view is sent to dask workers).
+    """
     attrs = _ome_attributes(group)
     if "multiscales" not in attrs and "0" in group:  # bioformats2raw layout: the image is the subgroup "0"
         group, source = group["0"], f"{source}/0"
@@ -57,7 +60,7 @@ def open_ome_group(group: zarr.Group, source: str) -> ChannelsLastView:
             f"OME-Zarr image {source} declares axes {axes} but its level-0 array has {array.ndim} dimensions; "
             "fix the multiscales metadata"
         )
-    return ChannelsLastView(array, axes, f"{source}/{path}", reopen=root)
+    return ChannelsLastView(array, axes, f"{source}/{path}", reopen=reopen)
 
 
 def level_shapes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[int, int]]:

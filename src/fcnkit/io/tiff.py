@@ -6,6 +6,7 @@ file's own tiles or strips, so ``img[y0:y1, x0:x1]`` decodes only the tiles unde
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,7 +73,8 @@ def open_tiff(path: str | os.PathLike) -> ChannelsLastView:
         tif.close()
 
     try:
-        return ChannelsLastView(array, level.axes, str(path), closer=close)
+        return ChannelsLastView(array, level.axes, str(path), closer=close,
+                                reopen=functools.partial(open_tiff, str(path)))
     except InputError:
         close()
         raise

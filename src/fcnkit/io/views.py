@@ -60,10 +60,10 @@ class ChannelsLastView:
         source: str,
         *,
         closer: Callable[[], None] | None = None,
-        reopen: str | None = None,
+        reopen: Callable[[], Any] | None = None,
     ) -> None:
         self._array = array
-        self._reopen_path = source if reopen is None else reopen  # what open_image needs to rebuild this view
+        self._reopen = reopen  # a picklable call that opens the file again (e.g. functools.partial(open_tiff, path))
         self._y, self._x, self._c = axes_to_yxc(axes, array.shape, source)
         # closes the file even if the caller forgets, when the view is garbage-collected
         self._finalizer = weakref.finalize(self, closer) if closer is not None else None
@@ -109,8 +109,10 @@ class ChannelsLastView:
         return data if dtype is None else data.astype(dtype)
 
     def __reduce__(self) -> tuple:
-        # pickles as its path, so dask workers reopen the file instead of receiving an open handle
-        return (_reopen, (self._reopen_path,))
+        # pickles as the call that opens it, so dask workers reopen the file instead of receiving an open handle
+        if self._reopen is None:
+            raise TypeError(f"{self!r} was not opened from a file, so it cannot be pickled; pickle its array instead")
+        return (_call, (self._reopen,))
 
     def close(self) -> None:
         """Release the open file behind the view (TIFF); a no-op for zarr."""
@@ -124,7 +126,5 @@ class ChannelsLastView:
         self.close()
 
 
-def _reopen(source: str) -> Any:
-    from fcnkit.io import open_image  # the dispatcher imports this module
-
-    return open_image(source)
+def _call(opener: Callable[[], Any]) -> Any:
+    return opener()

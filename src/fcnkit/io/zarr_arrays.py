@@ -6,6 +6,7 @@ Arrays without ``dimension_names`` follow fcnkit's channels-last convention: (H,
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def open_zarr(path: str | os.PathLike) -> ChannelsLastView:
         ) from exc
     if isinstance(node, zarr.Group):
         if is_ome_group(node):
-            return open_ome_group(node, source)
+            return open_ome_group(node, source, reopen=functools.partial(open_zarr, source))
         arrays = list(node.array_keys())
         if len(arrays) != 1:
             raise InputError(
@@ -68,4 +69,4 @@ def open_zarr(path: str | os.PathLike) -> ChannelsLastView:
             )
         node = node[arrays[0]]
         source = str(path / arrays[0])
-    return ChannelsLastView(node, array_axes(node, source), source)
+    return ChannelsLastView(node, array_axes(node, source), source, reopen=functools.partial(open_zarr, source))
