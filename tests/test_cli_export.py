@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +17,8 @@ from fcnkit.models import build_model
 def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = build_model("fcn32s", num_classes=3, width=0.0625)
-    return save_checkpoint(tmp_path / "m.pt", model=model, class_names=["bg", "a", "b"])
+    return save_checkpoint(tmp_path / "m.pt", model=model, class_names=["bg", "a", "b"],
+                           palette=np.array([[0, 0, 0], [200, 0, 0], [0, 200, 0]], np.uint8))
 
 
 def test_torchscript(tmp_path, checkpoint, capsys):
@@ -36,6 +40,13 @@ def test_onnx(tmp_path, checkpoint, capsys):
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
     assert "(onnx; checked against PyTorch" in capsys.readouterr().out
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    # what a user of the file needs travels with it
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["fcnkit.class_names"]) == ["bg", "a", "b"]
+    assert json.loads(props["fcnkit.palette"]) == [[0, 0, 0], [200, 0, 0], [0, 200, 0]]
+    assert props["fcnkit.input"].startswith("float32 NCHW (batch, channels, height, width), raw pixel values 0-255")
+    assert json.loads(props["fcnkit.model"])["name"] == "fcn32s"
+    assert session.get_outputs()[0].shape == ["batch", 3, "height", "width"]  # tied to the input's names
     model = load_checkpoint(checkpoint)
     x = torch.rand(2, 3, 129, 40) * 255
     with torch.no_grad():
@@ -88,3 +99,18 @@ def test_bad_format_and_size(tmp_path, checkpoint, capsys):
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "x"),
                  "--size", "-1", "5"]) == 2
     assert "--size: expected a positive height and width, found -1 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript"])
+def test_exports_follow_the_umask(tmp_path, checkpoint, fmt):
+    out = tmp_path / f"m.{fmt}"
+    old = os.umask(0o022)
+    try:
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out),
+                     "--size", "40", "40"]) == 0
+        os.umask(0o027)
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(tmp_path / "g"),
+                     "--size", "40", "40"]) == 0
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777, (tmp_path / "g").stat().st_mode & 0o777) == (0o644, 0o640)

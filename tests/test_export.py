@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -115,6 +116,19 @@ def test_classifier_exports_with_fixed_window(tmp_path):
     x = torch.rand(3, 3, *model.input_size) * 255
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(tmp_path / "c.ts"))(x), model(x), atol=1e-5)
+
+
+def test_onnx_file_mode_follows_the_umask_and_grid_outputs_name_their_size(tmp_path):
+    import onnx
+
+    old = os.umask(0o022)
+    try:
+        export_onnx(_zoo_model("heatmap_net"), tmp_path / "h.onnx", sample_size=(32, 32))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "h.onnx").stat().st_mode & 0o777 == 0o644
+    dims = [d.dim_param for d in onnx.load(str(tmp_path / "h.onnx")).graph.output[0].type.tensor_type.shape.dim]
+    assert "height" in dims[2] and "width" in dims[3]  # the grid side is a function of the input's side
 
 
 @pytest.mark.slow

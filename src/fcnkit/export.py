@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -40,6 +41,9 @@ TOLERANCE = 1e-3
 SAFETENSORS_FORMAT = "fcnkit-safetensors"
 SAFETENSORS_VERSION = "1"
 INPUT_NAME, OUTPUT_NAME = "image", "output"
+# What an ONNX user must feed, stored in the file's metadata_props under "fcnkit.input"
+INPUT_CONVENTION = ("float32 NCHW (batch, channels, height, width), raw pixel values 0-255 in the image's channel "
+                    "order (RGB for colour models); the model normalises inside, so do not scale or standardise")
 
 
 @contextlib.contextmanager
@@ -58,6 +62,9 @@ def _atomic_target(path: str | os.PathLike, *, overwrite: bool = True) -> Iterat
         raise OutputError(f"output '{path}': expected a writable folder, found that "
                           f"{unwritable_reason(path.parent, exc)}; choose a folder you can write to.") from None
     os.close(fd)
+    mask = os.umask(0)  # mkstemp makes the file private; an export follows the umask like every other output
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     try:
         yield Path(tmp)
         # exporters write by name and close without fsync: sync before the rename so a power cut cannot leave an
@@ -171,9 +178,34 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, in_channels: int =
         program.save(str(tmp))
         _named_axes(tmp, ("batch", "channels", "height", "width") if dynamic else ("batch",))
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        worst = _check_close("ONNX", lambda t: session.run(None, {INPUT_NAME: t.numpy()})[0],
-                             model, in_channels, _probe_sizes(size, dynamic))
+        run = lambda t: session.run(None, {INPUT_NAME: t.numpy()})[0]  # noqa: E731
+        sizes = _probe_sizes(size, dynamic)
+        worst = _check_close("ONNX", run, model, in_channels, sizes)
+        same_size = dynamic and all(run(torch.zeros(1, in_channels, h, w)).shape[2:] == (h, w) for h, w in sizes)
+        _describe_onnx(tmp, model, same_size=same_size)
     return worst
+
+
+def _describe_onnx(path: Path, model: nn.Module, *, same_size: bool) -> None:
+    """Store what a user of the file needs in its ``metadata_props``: ``fcnkit.input`` (the input convention),
+    ``fcnkit.class_names`` and ``fcnkit.palette`` (JSON), ``fcnkit.model`` (the model spec, JSON). An output that
+    was checked to have the input's size gets the input's ``height``/``width`` names for its spatial axes."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    if same_size:
+        for dim, name in zip(proto.graph.output[0].type.tensor_type.shape.dim[2:], ("height", "width")):
+            dim.dim_param = name
+    meta = getattr(model, "fcnkit_meta", None) or {}
+    palette = meta.get("palette")
+    props = {
+        "fcnkit.input": INPUT_CONVENTION,
+        "fcnkit.class_names": json.dumps(meta.get("class_names")),
+        "fcnkit.palette": json.dumps(np.asarray(palette).tolist() if palette is not None else None),
+        "fcnkit.model": json.dumps(getattr(model, "fcnkit_spec", None)),
+    }
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(path))
 
 
 def _named_axes(path: Path, names: tuple[str, ...]) -> None:
@@ -191,10 +223,11 @@ def _named_axes(path: Path, names: tuple[str, ...]) -> None:
             raise ModelError(f"ONNX export: expected a dynamic {name} axis, found it fixed to {dim.dim_value}; the "
                              f"model's forward uses size-dependent Python logic, make it shape-arithmetic only.")
         rename[dim.dim_param] = name
+    symbol = re.compile(r"\b(" + "|".join(map(re.escape, rename)) + r")\b") if rename else None
     for info in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
         for dim in info.type.tensor_type.shape.dim:
-            if dim.dim_param in rename:
-                dim.dim_param = rename[dim.dim_param]
+            if symbol is not None and dim.dim_param:  # also inside expressions such as Min(s53, 8*(...))
+                dim.dim_param = symbol.sub(lambda m: rename[m.group(1)], dim.dim_param)
     onnx.save(proto, str(path))
 
 
