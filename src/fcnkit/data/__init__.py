@@ -21,13 +21,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fcnkit.data.common import check_split, voc_palette
 from fcnkit.data.sampling import PatchSampler
 from fcnkit.errors import DataError
 
 __all__ = ["PatchSampler", "SegmentationDataset", "open_dataset", "voc_palette"]
 
 SCHEMES = ("scenes", "voc:ROOT", "folder:ROOT", "nuclei")
-SPLITS = ("train", "val")
 
 
 class SegmentationDataset(Protocol):
@@ -40,53 +40,6 @@ class SegmentationDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map, ``(n, 3)`` uint8: class ``c``'s bits are spread over the high bits of R, G, B.
-
-    Bit ``3k`` of ``c`` goes to bit ``7 - k`` of red, bit ``3k + 1`` to green, bit ``3k + 2`` to blue, so the first
-    classes get well separated colours (1 = dark red, 2 = dark green, 15 = pinkish person).
-    """
-    c = np.arange(n, dtype=np.int64)
-    palette = np.zeros((n, 3), dtype=np.int64)
-    for k in range(8):
-        for channel in range(3):
-            palette[:, channel] |= ((c >> (3 * k + channel)) & 1) << (7 - k)
-    return palette.astype(np.uint8)
-
-
-def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}; pass split='train' or 'val'.")
-    return split
-
-
-def check_pair(image: np.ndarray, label: np.ndarray, mask_path: Any, num_classes: int) -> None:
-    """Raise DataError unless ``label`` has ``image``'s size and holds only ``0..num_classes-1`` and 255."""
-    if label.shape != image.shape[:2]:
-        raise DataError(
-            f"mask {mask_path} is {label.shape[1]}x{label.shape[0]} pixels but its image is "
-            f"{image.shape[1]}x{image.shape[0]}; save each mask at its image's size."
-        )
-    bad = (label >= num_classes) & (label != 255)
-    if bad.any():
-        values = np.unique(label[bad]).tolist()[:5]
-        raise DataError(
-            f"mask {mask_path} holds values {values}, expected class indices 0-{num_classes - 1} or 255 (ignore); "
-            f"check --num-classes or map those values to classes or to 255."
-        )
-
-
-def read_pair(image_path: Any, mask_path: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """An image file as (H, W, 3) uint8 and its mask file as (H, W) uint8 class indices, checked by
-    :func:`check_pair`: the item of every file-backed dataset (VOC, folder)."""
-    from fcnkit.io import read_image
-
-    image = read_image(image_path, mode="rgb")
-    label = read_image(mask_path, mode="label")
-    check_pair(image, label, mask_path, num_classes)
-    return image, label
 
 
 def open_dataset(spec: str, *, split: str = "train", num_classes: int | None = None, **options: Any):

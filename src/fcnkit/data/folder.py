@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnkit.data import check_split, read_pair, voc_palette
+from fcnkit.data.common import check_split, read_pair, voc_palette
 from fcnkit.errors import DataError
 
 __all__ = ["FolderDataset", "IMAGE_SUFFIXES"]

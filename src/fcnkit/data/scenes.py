@@ -21,7 +21,7 @@ import functools
 import numpy as np
 from PIL import Image
 
-from fcnkit.data import check_split, voc_palette
+from fcnkit.data.common import check_split, voc_palette
 from fcnkit.errors import DataError
 
 __all__ = ["CLASS_NAMES", "DigitScenes", "classification_windows", "make_scene", "parse_size"]
