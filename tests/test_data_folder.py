@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from fcnkit.data import PatchSampler, open_dataset
-from fcnkit.data.folder import FolderDataset
+from fcnkit.data.folder import FolderDataset, held_out
 from fcnkit.errors import DataError
 
 
@@ -32,16 +32,32 @@ def test_pairs_by_stem_across_formats(tmp_path):
     b = _pair(tmp_path, "b", 9, 7, image_ext=".jpg", value=2)
     c = _pair(tmp_path, "c", 6, 5, image_ext=".tif")
     ds = open_dataset(f"folder:{tmp_path}", split="train", num_classes=3)
-    assert isinstance(ds, FolderDataset) and len(ds) == 3
-    for i, label in enumerate((a, b, c)):
-        image, got = ds[i]
+    val = open_dataset(f"folder:{tmp_path}", split="val", num_classes=3)
+    assert isinstance(ds, FolderDataset) and len(ds) == 2 and len(val) == 1  # c is held out (see below)
+    for i, (dataset, label) in enumerate(((ds, a), (ds, b), (val, c))):
+        image, got = dataset[i % 2]
         assert image.dtype == np.uint8 and image.shape == (*label.shape, 3)
         np.testing.assert_array_equal(got, label)
     assert ds.num_classes == 3 and ds.class_names == ["0", "1", "2"] and ds.palette.shape == (3, 3)
-    # without train/ and val/ subfolders both splits read the same folders
-    assert len(open_dataset(f"folder:{tmp_path}", split="val", num_classes=3)) == 3
     image, label = next(iter(PatchSampler(ds, 16, seed=0)))
     assert image.shape == (16, 16, 3) and (label == 255).any()
+
+
+def test_without_subfolders_every_5th_stem_is_held_out_for_validation(tmp_path):
+    stems = [f"img{i:02d}" for i in range(12)]
+    for stem in stems:
+        _pair(tmp_path, stem, 4, 4)
+    train, val = (FolderDataset(tmp_path, split, num_classes=2) for split in ("train", "val"))
+    assert [p.stem for p, _ in val.items] == ["img04", "img09"] == held_out(stems)
+    assert [p.stem for p, _ in train.items] == [s for s in stems if s not in ("img04", "img09")]
+    assert train.note == val.note == (f"folder:{tmp_path} has no train/ and val/ subfolders: 2 of 12 images (every "
+                                      "5th stem: img04, img09) are held out for validation")
+    # fewer than five images: still one held out; a single image: both splits read it, and the note says so
+    assert held_out(["b", "a", "c"]) == ["c"] and held_out(["a"]) == []
+    single = tmp_path / "single"
+    _pair(single, "only", 4, 4)
+    assert len(FolderDataset(single, "train", num_classes=2)) == len(FolderDataset(single, "val", num_classes=2)) == 1
+    assert "holds a single image: training and validation both read it" in FolderDataset(single, num_classes=2).note
 
 
 def test_train_and_val_subfolders_are_used_when_both_exist(tmp_path):

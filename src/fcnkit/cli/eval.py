@@ -14,9 +14,12 @@ fcnkit eval --checkpoint runs/unet/best.pt --data voc:/data/VOC2012 --split val 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a .pt file written by `fcnkit train`")
-    parser.add_argument("--data", required=True, help="scenes | voc:ROOT | folder:ROOT")
+    parser.add_argument("--data", required=True,
+                        help="scenes | voc:ROOT | folder:ROOT (without ROOT/train and ROOT/val, the val split is every "
+                             "5th image, the images training held out)")
     parser.add_argument("--split", choices=("train", "val"), default="val", help="which split (default val)")
-    parser.add_argument("--num-classes", type=int, help="number of classes (folder: data)")
+    parser.add_argument("--num-classes", type=int,
+                        help="number of classes, checked against the checkpoint (default: the checkpoint's)")
     parser.add_argument("--count", type=int, help="score only the first COUNT images (default: all)")
     parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")

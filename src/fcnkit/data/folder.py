@@ -5,9 +5,10 @@ Layout::
     ROOT/images/<stem>.png|.jpg|.jpeg|.tif|.tiff     the photos (any size, grey or colour)
     ROOT/masks/<stem>.png|.tif|.tiff                  class indices 0..K-1, 255 = ignore, same size as the image
 
-or, to keep training and validation apart, the same two folders under ``ROOT/train/`` and ``ROOT/val/``. When
-``ROOT/train`` and ``ROOT/val`` both exist each split reads its own; otherwise both splits read ``ROOT/images`` and
-``ROOT/masks`` (validating on the training images — fine for a first look, not for a score to report).
+or, to choose the validation images yourself, the same two folders under ``ROOT/train/`` and ``ROOT/val/``. When
+``ROOT/train`` and ``ROOT/val`` both exist each split reads its own. Otherwise fcnkit holds out a deterministic
+validation split of ``ROOT/images``: every 5th stem in sorted order (the 5th, 10th, ...; at least one), which
+training never sees; ``dataset.note`` says which. With a single image both splits read it (``note`` says so).
 The number of classes cannot be read from the masks reliably, so it is given (``--num-classes``).
 """
 
@@ -21,9 +22,25 @@ import numpy as np
 from fcnkit.data.common import check_split, read_pair, voc_palette
 from fcnkit.errors import DataError
 
-__all__ = ["FolderDataset", "IMAGE_SUFFIXES"]
+__all__ = ["FolderDataset", "HOLD_OUT_EVERY", "IMAGE_SUFFIXES", "held_out"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+HOLD_OUT_EVERY = 5  # without ROOT/train and ROOT/val, every 5th stem validates (20 %)
+
+
+def held_out(stems: list[str]) -> list[str]:
+    """The validation stems of a folder without train/val subfolders: every ``HOLD_OUT_EVERY``-th of the sorted
+    stems, at least one (the last) when there are two or more, none when there is only one.
+
+    >>> held_out([f"{i:02d}" for i in range(12)])
+    ['04', '09']
+    >>> held_out(["a", "b", "c"])
+    ['c']
+    """
+    ordered = sorted(stems)
+    if len(ordered) < 2:
+        return []
+    return ordered[HOLD_OUT_EVERY - 1 :: HOLD_OUT_EVERY] or ordered[-1:]
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:
@@ -47,6 +64,8 @@ def _names(stems: list[str]) -> str:
 class FolderDataset:
     """Pairs ``images/<stem>.*`` with ``masks/<stem>.*`` (see the module docstring for the layout and splits)."""
 
+    mirror_safe = True  # assumed photos; PatchSampler(flips=False) or --no-mirror for data that is not
+
     def __init__(self, root: str | os.PathLike, split: str = "train", *, num_classes: int | None = None) -> None:
         self.split = check_split(split)
         if num_classes is None or int(num_classes) < 1 or int(num_classes) > 255:
@@ -60,7 +79,8 @@ class FolderDataset:
             raise DataError(
                 f"folder root {self.root} is not a folder; expected folder:ROOT with ROOT/images and ROOT/masks."
             )
-        split_root = self.root / split if (self.root / "train").is_dir() and (self.root / "val").is_dir() else self.root
+        own_splits = (self.root / "train").is_dir() and (self.root / "val").is_dir()
+        split_root = self.root / split if own_splits else self.root
         image_dir, mask_dir = split_root / "images", split_root / "masks"
         for folder in (image_dir, mask_dir):
             if not folder.is_dir():
@@ -83,7 +103,18 @@ class FolderDataset:
             if lonely_masks:
                 parts.append(f"masks without an image in {image_dir}: {_names([masks[s].name for s in lonely_masks])}")
             raise DataError(f"{'; '.join(parts)}; every image needs a mask with the same file stem, and vice versa.")
-        self.items = [(images[stem], masks[stem]) for stem in sorted(images)]
+        stems = sorted(images)
+        self.note = ""
+        if not own_splits:
+            val = held_out(stems)
+            if val:
+                stems = val if split == "val" else [s for s in stems if s not in set(val)]
+                self.note = (f"folder:{self.root} has no train/ and val/ subfolders: {len(val)} of {len(images)} "
+                             f"images (every {HOLD_OUT_EVERY}th stem: {_names(val)}) are held out for validation")
+            else:
+                self.note = (f"folder:{self.root} holds a single image: training and validation both read it, so "
+                             f"validation scores say nothing about unseen images")
+        self.items = [(images[stem], masks[stem]) for stem in stems]
         self.class_names = [str(k) for k in range(self.num_classes)]
         self.palette = voc_palette(self.num_classes)
 

@@ -130,6 +130,8 @@ def evaluate_checkpoint(
         n = len(labels)
     else:
         options = {"count": count} if scenes and count else {}
+        if str(data).partition(":")[0] == "folder":  # its masks do not say how many classes: the checkpoint does
+            num_classes = k
         dataset = open_dataset(data, split=split, num_classes=num_classes if not scenes else None, **options)
         if dataset.num_classes != k:
             raise DataError(f"data {data}: has {dataset.num_classes} classes, checkpoint '{checkpoint}' predicts {k}; "
