@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnkit.convert import ConvolutionalizedNet, convolutionalize, sliding_window, verify
+from fcnkit.convert import ConvolutionalizedNet, PaddingWarning, convolutionalize, sliding_window, verify
 from fcnkit.errors import ConversionError, InputError
 
 
@@ -259,13 +259,24 @@ class _FlatSoftmax(nn.Module):
         return self.fc(torch.softmax(torch.flatten(self.conv(x), 1), dim=1))
 
 
-class _HWCFlatten(nn.Module):
+class _BatchPermute(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv, self.fc = nn.Conv2d(3, 2, 3), nn.Linear(2 * 6 * 6, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1))
+        return self.fc(self.conv(x).permute(1, 0, 2, 3).reshape(x.shape[0], -1))
+
+
+class _PartialFlatten(nn.Module):
+    """Flattens only (h, w) of the permuted map, then mixes the rest: no convolution computes that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 2, 3), nn.Linear(2 * 6 * 6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).permute(0, 2, 3, 1).flatten(2).flatten(1))
 
 
 class _Branchy(nn.Module):
@@ -281,10 +292,13 @@ class _Branchy(nn.Module):
 
 @pytest.mark.parametrize("model, message", [
     (_Recurrent, r"layer 'rnn' \(LSTM\) is recurrent"),
-    (_Attention, r"layer 'attn' \(MultiheadAttention\) is attention"),
+    (_Attention, r"layer 'attn' \(MultiheadAttention\) attends over all positions of the image, so the FCN's score"),
     (_WidthLinear, r"layer 'mix' \(Linear\) is applied to the last axis of a \(N, C, H, W\) feature map"),
     (_FlatSoftmax, r"'softmax' at 'softmax' takes a softmax over the flattened feature map"),
-    (_HWCFlatten, r"'.permute\(\)' at 'permute' reshapes the feature map"),
+    (_BatchPermute, r"'.permute\(\)' at 'permute' moves the batch axis of the feature map \(2, 2, 6, 6\) \(to "
+                    r"position 1\), mixing windows of different images; keep the batch axis first"),
+    (_PartialFlatten, r"'.flatten\(\)' at 'flatten' works on the feature map permuted to \(2, 6, 6, 2\) in a way "
+                      r"convolutionalize cannot follow"),
     (_Branchy, r"torch.fx cannot trace _Branchy"),
 ])
 def test_unconvertible_layers_are_named(model: type[nn.Module], message: str) -> None:
@@ -293,7 +307,8 @@ def test_unconvertible_layers_are_named(model: type[nn.Module], message: str) ->
 
 
 def test_other_errors() -> None:
-    with pytest.raises(ConversionError, match=r"layer '1' \(GroupNorm\) normalises over the whole feature map"):
+    with pytest.raises(ConversionError, match=r"layer '1' \(GroupNorm\) normalizes over the whole image, so the FCN's "
+                                              r"score for a window would depend on the rest of the image"):
         convolutionalize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(144, 2)),
                          input_size=(8, 8))
     with pytest.raises(ConversionError, match=r"layer '3' \(BatchNorm1d\) normalises every position"):
@@ -319,9 +334,16 @@ def test_unpadded_net_does_not_warn_and_padding_does() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         convolutionalize(_small_classifier(), input_size=(32, 32))
-    padded = nn.Sequential(nn.Conv2d(3, 2, 3), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(2 * 3 * 3, 2))
-    with pytest.warns(UserWarning, match=r"layer '1' \(MaxPool2d\) pads its input implicitly \(ceil_mode=True\)"):
-        convolutionalize(padded, input_size=(7, 7))
+    padded = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 7 * 7, 2))
+    with pytest.warns(PaddingWarning, match=r"layer '0' \(Conv2d\) pads its input with zeros \(padding=\(1, 1\)\), so "
+                                            r"the FCN sees real neighbours where each window saw padding"):
+        fcn = convolutionalize(padded, input_size=(7, 7))
+    assert fcn.exact_window is None and issubclass(PaddingWarning, UserWarning)
+    # ceil_mode without a partial window at the training size changes nothing: no warning (5x5 -> pool 3/2 -> 2x2)
+    whole = nn.Sequential(nn.Conv2d(3, 2, 3), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Flatten(), nn.Linear(8, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert convolutionalize(whole, input_size=(7, 7)).exact_window == (7, 7)
 
 
 def test_spec_and_state_dict_round_trip() -> None:

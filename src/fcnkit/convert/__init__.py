@@ -9,7 +9,11 @@ stride::
     fcn(torch.zeros(1, 3, 64, 48)).shape       # (1, K, (64 - 32) // s + 1, (48 - 32) // s + 1)
     verify(classifier, fcn, image)             # max |FCN - classifier| over all full windows
 
-``sliding_window`` is the slow reference that runs the classifier on every window.
+``sliding_window`` is the slow reference that runs the classifier on every window. What each layer of the classifier
+is comes from the operator table shared with the geometry analysis (:mod:`fcnkit.geometry.ops`); the plan, the
+weight surgery and the graph rewrite are in :mod:`~fcnkit.convert.plan`, :mod:`~fcnkit.convert.surgery` and
+:mod:`~fcnkit.convert.rewrite`; where the FCN is exact, and the warnings where it is not, in
+:mod:`~fcnkit.convert.windows`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -24,62 +29,19 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.func import functional_call
 
-from fcnkit.convert.graph import analyze_graph, apply_plan, trace
-from fcnkit.convert.reference import sliding_window, verify
+from fcnkit.convert.net import ConvolutionalizedNet
+from fcnkit.convert.plan import plan_rewrite
+from fcnkit.convert.reference import Verification, sliding_window, verify
+from fcnkit.convert.rewrite import apply_plan
+from fcnkit.convert.windows import ConversionWarning, PaddingWarning, PartialWindowWarning, exact_window, warnings_for
 from fcnkit.errors import ConversionError, InputError
-from fcnkit.layers import is_traced
+from fcnkit.geometry.ops import trace
 
-__all__ = ["ConvolutionalizedNet", "convolutionalize", "sliding_window", "verify"]
+__all__ = ["ConversionWarning", "ConvolutionalizedNet", "PaddingWarning", "PartialWindowWarning", "Verification",
+           "convolutionalize", "sliding_window", "verify"]
 
 # Input growth used to measure the stride: divisible by every stride built from 2**10, 3, 3, 5 and 7.
 _PROBE = 2**10 * 3**2 * 5 * 7
-
-
-class ConvolutionalizedNet(nn.Module):
-    """A convolutionalized classifier: (N, C, H, W) -> (N, K, H', W'), one score vector per full window.
-
-    ``H' = (H - window[0]) // stride[0] + 1`` (0 when the image is smaller than a window); grid cell (i, j) holds
-    the scores of the window whose top-left pixel is ``(stride[0] * i, stride[1] * j)``. ``body`` is the rewritten
-    torch.fx graph; where a pooling layer drops a window's last rows it computes one more position than there are
-    full windows, and ``crop`` (measured by :func:`convolutionalize`) says to cut it off.
-    """
-
-    output_kind = "grid"
-
-    def __init__(self, body: fx.GraphModule, *, window: tuple[int, int], stride: tuple[int, int],
-                 num_classes: int, in_channels: int, crop: bool) -> None:
-        super().__init__()
-        self.body = body
-        self.window = tuple(window)
-        self.stride = tuple(stride)
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.crop = crop
-
-    def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        """The (H', W') score grid of an H x W image: the number of full windows along each axis."""
-        return tuple(max(0, (size - win) // s + 1) for size, win, s in  # type: ignore[return-value]
-                     zip((height, width), self.window, self.stride))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Checks are skipped while torch.fx traces the model (fcnkit's geometry analyzer reads the graph).
-        if not is_traced(x):
-            if x.dim() != 4 or x.shape[1] != self.in_channels:
-                raise InputError(f"convolutionalized classifier input: expected a (N, {self.in_channels}, H, W) "
-                                 f"tensor, got shape {tuple(x.shape)}; add the batch axis or fix the channel count.")
-            rows, cols = self.grid_size(x.shape[2], x.shape[3])
-            if rows == 0 or cols == 0:  # no full window fits: an empty grid, as the sliding classifier gives
-                dtype = next(self.parameters()).dtype
-                return torch.zeros(x.shape[0], self.num_classes, rows, cols, dtype=dtype, device=x.device)
-        y = self.body(x)  # (N, K, H', W'), for some networks with extra positions at the bottom/right
-        if not self.crop:
-            return y
-        rows = (x.shape[2] - self.window[0]) // self.stride[0] + 1
-        cols = (x.shape[3] - self.window[1]) // self.stride[1] + 1
-        return y[:, :, :rows, :cols]
-
-    def extra_repr(self) -> str:
-        return f"window={self.window}, stride={self.stride}, num_classes={self.num_classes}, crop={self.crop}"
 
 
 def _check_size(input_size: Sequence[int]) -> tuple[int, int]:
@@ -143,8 +105,12 @@ def convolutionalize(classifier: nn.Module, *, input_size: Sequence[int], in_cha
     ``input_size`` gives the feature map (C, h, w) at the flatten; the first Linear becomes a Conv2d with kernel
     (h, w) (weights reshaped in the flatten's C-major order), later Linears 1x1 convolutions; activations,
     Dropout and BatchNorm1d (as BatchNorm2d) are carried over; a global average pool becomes an (h, w) average pool
-    with stride 1; an ``AdaptiveAvgPool2d`` that is the identity at ``input_size`` is removed. Zero padding in
-    the feature extractor gives a ``UserWarning``; a layer that cannot be converted a ``ConversionError``.
+    with stride 1; an ``AdaptiveAvgPool2d`` that is the identity at ``input_size`` is removed. A permute of the
+    feature map before the flatten (``x.permute(0, 3, 2, 1)``, as in MTCNN's R-Net and O-Net, whose weights came
+    from Caffe) is removed and the first Linear's weight columns permuted to match. Zero padding in the feature
+    extractor gives a :class:`PaddingWarning`; a ``ceil_mode`` pooling whose last window is partial at
+    ``input_size`` a :class:`PartialWindowWarning` naming the layer and the crop size on which the FCN is exact
+    (``fcn.exact_window``); a layer that cannot be converted a ``ConversionError`` naming it.
 
     If the classifier has ``fcnkit_spec``, the result's spec adds ``"convolutionalized": {"input_size": [H, W]}``
     so that a checkpoint rebuilds it. The result is in the classifier's train/eval mode.
@@ -160,7 +126,14 @@ def convolutionalize(classifier: nn.Module, *, input_size: Sequence[int], in_cha
     training = classifier.training
     # Eval mode: shape propagation runs a batch of 2, which BatchNorm in training mode would update.
     reference = copy.deepcopy(classifier).eval()
-    gm = trace(copy.deepcopy(reference))
+    try:
+        gm = trace(copy.deepcopy(reference), class_name=f"Convolutionalized{type(classifier).__name__}")
+    except Exception as exc:  # fx reports untraceable code with several exception types
+        raise ConversionError(
+            f"convolutionalize: torch.fx cannot trace {type(classifier).__name__} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); expected a forward without "
+            f"Python control flow on tensor values, rewrite that part or move it into a separate module."
+        ) from exc
     x = torch.zeros(2, in_channels, *window, dtype=next(reference.parameters(), torch.zeros(())).dtype)
     try:
         # ShapeProp prints the traceback of a failing node to stderr before re-raising; the caller gets the
@@ -172,11 +145,16 @@ def convolutionalize(classifier: nn.Module, *, input_size: Sequence[int], in_cha
         raise ConversionError(f"convolutionalize: the classifier fails on a (2, {in_channels}, {window[0]}, "
                               f"{window[1]}) input ({type(cause).__name__}: {str(cause).splitlines()[0]}); pass "
                               f"the input_size and in_channels it was trained on.") from exc
-    body = apply_plan(gm, analyze_graph(gm))
+    plan = plan_rewrite(gm)
+    body = apply_plan(gm, plan)
     num_classes = _self_check(reference, body, window, in_channels)
     stride, crop = _measure(body, window, in_channels)
+    # without padding or partial windows the FCN is exact on the classifier's own window
+    exact = None if plan.padded is not None else exact_window(body, window) if plan.partial else window
+    for warning in warnings_for(plan, window, exact):
+        warnings.warn(warning, stacklevel=2)
     fcn = ConvolutionalizedNet(body, window=window, stride=stride, num_classes=num_classes, in_channels=in_channels,
-                               crop=crop)
+                               crop=crop, exact_window=exact)
     spec = getattr(classifier, "fcnkit_spec", None)
     if spec is not None:
         fcn.fcnkit_spec = {**spec, "convolutionalized": {"input_size": list(window)}}

@@ -63,17 +63,50 @@ def sliding_window(classifier: nn.Module, image: object, *, window: int | Sequen
     return torch.stack(out, dim=1).permute(0, 3, 1, 2)  # (N, K, H', W')
 
 
-def verify(classifier: nn.Module, fcn: nn.Module, image: object) -> float:
+class Verification(float):
+    """``verify``'s answer: max |FCN − classifier| over the full windows of an image, used as a float.
+
+    ``window`` is the classifier window compared (the training size). ``exact_window`` is the crop size on which the
+    FCN is exact (``fcn.exact_window``: larger than ``window`` after a ``ceil_mode`` pooling with a partial window,
+    None where padding makes the FCN approximate) and ``exact_difference`` the max difference measured on crops of
+    that size (None when it equals ``window``, is unknown, or does not fit in the image).
+    """
+
+    window: tuple[int, int]
+    exact_window: tuple[int, int] | None
+    exact_difference: float | None
+
+    def __new__(cls, difference: float, window: tuple[int, int], exact_window: tuple[int, int] | None,
+                exact_difference: float | None) -> Verification:
+        self = super().__new__(cls, difference)
+        self.window, self.exact_window, self.exact_difference = window, exact_window, exact_difference
+        return self
+
+    def summary(self) -> str:
+        """One sentence: the difference at the training window, and where the FCN is exact."""
+        text = f"max |FCN - classifier| = {float(self):.3g} on {self.window[0]}x{self.window[1]} windows"
+        if self.exact_difference is not None:
+            e = self.exact_window
+            text += f"; {self.exact_difference:.3g} on {e[0]}x{e[1]} crops, where the FCN is exact"  # type: ignore
+        elif self.exact_window is None:
+            text += "; padding makes the FCN approximate near window borders"
+        return text
+
+
+def verify(classifier: nn.Module, fcn: nn.Module, image: object) -> Verification:
     """max |FCN - classifier| over all full windows of ``image`` (both run in eval mode, restored afterwards).
 
     The window is ``fcn.window`` (or the classifier's ``input_size``) and the stride ``fcn.stride``, else the one
-    that the FCN's output size implies. ``image`` as in :func:`sliding_window`.
+    that the FCN's output size implies. ``image`` as in :func:`sliding_window`. The result is a float that also
+    carries the window size at which the FCN is exact and the difference measured there (:class:`Verification`).
     """
     x = as_batch(image)
     window = getattr(fcn, "window", None) or getattr(classifier, "input_size", None)
     if window is None:
         raise InputError("verify(fcn=...): expected an FCN from convolutionalize (it knows its window) or a "
-                         "classifier with `input_size`, found neither; convert with fcnkit.convolutionalize.")
+                         "classifier with `input_size`, found neither; convert with fcnkit.convert.convolutionalize.")
+    window = _pair(tuple(window), "window")
+    exact = getattr(fcn, "exact_window", window)
     modes = classifier.training, fcn.training
     classifier.eval(), fcn.eval()
     try:
@@ -82,10 +115,18 @@ def verify(classifier: nn.Module, fcn: nn.Module, image: object) -> float:
         stride = getattr(fcn, "stride", None) or tuple(
             (size - win) // (n - 1) if n > 1 else win for size, win, n in zip(x.shape[2:], window, grid.shape[2:]))
         expected = sliding_window(classifier, x, window=window, stride=stride)
+        at_exact = None
+        if exact is not None and tuple(exact) != window and all(s >= e for s, e in zip(x.shape[2:], exact)):
+            at_exact = sliding_window(classifier, x, window=exact, stride=stride)
     finally:
         classifier.train(modes[0]), fcn.train(modes[1])
     if grid.shape != expected.shape:
         raise InputError(f"verify: the FCN gives a {tuple(grid.shape)} grid but the image has {tuple(expected.shape)} "
                          f"full windows at stride {stride}; pass the FCN that convolutionalize made from this "
                          f"classifier.")
-    return (grid.float() - expected.float()).abs().max().item()
+    exact_difference = None
+    if at_exact is not None:  # the crops of the exact size that fit: the grid's top-left cells
+        rows, cols = at_exact.shape[2:]
+        exact_difference = (grid[:, :, :rows, :cols].float() - at_exact.float()).abs().max().item()
+    difference = (grid.float() - expected.float()).abs().max().item()
+    return Verification(difference, window, tuple(exact) if exact is not None else None, exact_difference)
