@@ -38,3 +38,17 @@ class ConversionError(FcnkitError):
 
 class OutputError(FcnkitError):
     """An output location that exists already, cannot be written, or has the wrong shape."""
+
+
+class DiskFullError(OutputError):
+    """The device filled up (ENOSPC, or a quota: EDQUOT) while a file was written; ``path`` names the file.
+
+    What was written before stays consistent (atomic replacement, journals), so the same command continues once
+    space is freed: ``fcnkit train``/``predict`` with ``--resume``, any other command simply run again.
+    """
+
+    def __init__(self, path: object, detail: str = "") -> None:
+        self.path = path
+        self.headline = f"no space left on device while writing {path}{detail}"
+        super().__init__(f"{self.headline}; free space there (or choose another output location) and run the same "
+                         f"command again")

@@ -1,20 +1,24 @@
 """The ``fcnkit`` command line.
 
 Each subcommand lives in a module of this package that defines ``HELP`` (one line), ``EXAMPLE`` (shown by
-``--help``), ``add_arguments(parser)`` and ``run(args) -> int``. A user's mistake ends as one line,
-``fcnkit: error: …``, and exit status 2; a traceback means a bug in fcnkit.
+``--help``), ``add_arguments(parser)`` and ``run(args) -> int``; a module that also defines ``STOP_UNIT`` ("step",
+"tile") stops on SIGINT/SIGTERM after the current unit, saves, and prints how to continue (exit 130/143). A user's
+mistake ends as one line, ``fcnkit: error: …``, and exit status 2; a traceback means a bug in fcnkit.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
+import shlex
 import sys
 from types import ModuleType
 
 from fcnkit import __version__
-from fcnkit.errors import FcnkitError
+from fcnkit.errors import DiskFullError, FcnkitError
+from fcnkit.signals import GracefulStop, Interrupted
 
 # The order `fcnkit --help` lists them in; a module found but not named here is listed after these.
 ORDER = ("demo", "train", "eval", "predict", "convert", "heatmap", "inspect", "export")
@@ -58,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _stop_unit=getattr(module, "STOP_UNIT", None))
     return parser
 
 
@@ -68,14 +72,38 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return int(args._run(args) or 0)
+        # a command with STOP_UNIT stops on SIGINT/SIGTERM at a safe point and says how to continue
+        with GracefulStop(unit=args._stop_unit) if args._stop_unit else contextlib.nullcontext():
+            return int(args._run(args) or 0)
+    except DiskFullError as exc:
+        if not hasattr(args, "resume"):
+            print(f"fcnkit: error: {exc}", file=sys.stderr)
+        else:  # what was written is consistent: --resume continues where the disk filled up
+            print(f"fcnkit: error: {exc.headline}; free space there and run the same command with --resume:\n"
+                  f"  {continue_command(argv, resume=True)}", file=sys.stderr)
+        return 2
     except FcnkitError as exc:
         print(f"fcnkit: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        how = "at once by a second" if exc.immediate else "by"
+        saved = exc.saved or "nothing was saved yet"
+        print(f"fcnkit: stopped {how} {exc.signal_name}; {saved}\nfcnkit: to continue, run: "
+              f"{continue_command(argv, resume=exc.resumable)}", file=sys.stderr)
+        return exc.status
     except KeyboardInterrupt:
         print("fcnkit: interrupted", file=sys.stderr)
         return 130
+
+
+def continue_command(argv: list[str], *, resume: bool) -> str:
+    """The command line that continues an interrupted ``fcnkit ARGV``: with ``--resume`` (and without
+    ``--overwrite``, which would start again) when something was saved, else the same command."""
+    if resume:
+        argv = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+    return shlex.join(["fcnkit", *argv])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,52 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from fcnkit.errors import OutputError
+from fcnkit.errors import DiskFullError, OutputError
+
+# errno values that mean "the device (or the user's quota) is full": the run can continue once space is freed
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, detail: str = "") -> Iterator[None]:
+    """Turn a full device (``ENOSPC``/``EDQUOT``) raised inside into a :class:`DiskFullError` naming ``path``.
+
+    Any other error passes unchanged. ``detail`` says more about the file (", tile rows 0:512, cols 512:1024").
+    torch reports a failed write inside ``torch.save`` as a ``RuntimeError`` around the ``OSError``; its cause and
+    context are followed.
+
+    >>> with writing("out.bin"):   # doctest: +SKIP
+    ...     f.write(data)
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        if _is_no_space(exc):
+            raise DiskFullError(path, detail) from exc
+        raise
+
+
+def _is_no_space(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 8:  # the chain of causes is short; the bound guards a cycle
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        if isinstance(exc, RuntimeError) and "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def make_dirs(folder: str | os.PathLike) -> Path:
+    """``mkdir -p`` whose new folders survive a power cut: the parent of each folder it creates is fsynced."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    for new in missing:
+        fsync_dir(new.parent if str(new.parent) else Path("."))
+    return folder
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -48,6 +93,22 @@ def fsync_files(paths: Iterable[str | os.PathLike]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file under ``root``, then every folder from the deepest up to ``root`` itself.
+
+    Run before a finished folder (a zarr store and its pyramid levels) is renamed into place: POSIX makes a file's
+    data and its directory entry durable only through fsyncs of both, and the rename must not reach the disk before
+    what it publishes. Files already synced cost one cheap syscall each.
+    """
+    root = Path(root)
+    folders = [root]
+    for folder, subfolders, files in os.walk(root):
+        fsync_files(Path(folder, name) for name in files)
+        folders.extend(Path(folder, name) for name in subfolders)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)
 
 
 def unwritable_reason(folder: str | os.PathLike, exc: OSError | None = None) -> str:
@@ -111,8 +172,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", *, what: str | None =
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        with writing(target):
+            make_dirs(folder)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
         label = f"{what} '{target}'" if what else f"cannot write {target}"
         raise OutputError(
@@ -124,7 +186,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", *, what: str | None =
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
-        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+        with writing(target), open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

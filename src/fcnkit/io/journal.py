@@ -3,8 +3,9 @@
 A text file next to the output: the first line is a flat JSON object, ``{"format": "fcnkit-journal", "version": 1}``
 plus the fingerprint (shape, dtype, kind, output_format, plan), then one finished tile id per line. Ids are
 appended with a single ``write`` + fsync only after the tile's chunks were written and synced, so after a crash every
-id in the journal names a tile that is really on disk. A line torn by a crash (no final newline) is ignored: that
-tile is simply computed again.
+id in the journal names a tile that is really on disk. A line torn by a crash (no final newline) is ignored and cut
+off when the journal is reopened, so the next id starts on a line of its own: that tile is simply computed again. An
+append that fails (a full disk) is cut back the same way before the error is raised.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fcnkit.errors import OutputError
-from fcnkit.io.atomic import atomic_file
+from fcnkit.errors import DiskFullError, OutputError
+from fcnkit.io.atomic import atomic_file, writing
 
 _FORMAT = "fcnkit-journal"
 
@@ -44,7 +45,7 @@ class Journal:
         """Reopen an existing journal, reading its fingerprint and the ids of the tiles already finished."""
         text = path.read_text()
         lines = text.split("\n")
-        lines.pop()  # the text after the last newline: empty, or an id torn by a crash
+        torn = lines.pop()  # the text after the last newline: empty, or an id torn by a crash
         try:
             header = json.loads(lines[0])
             if header.get("format") != _FORMAT:
@@ -55,14 +56,25 @@ class Journal:
                 f"resume journal {path} is corrupted ({exc}); pass --overwrite to start the output again"
             ) from exc
         fingerprint = {k: v for k, v in header.items() if k not in ("format", "version")}
+        if torn:  # cut it off, or the next append would glue its id onto the torn digits
+            os.truncate(path, len(text.encode()) - len(torn.encode()))
         return cls(path, fingerprint, done)
 
     def append(self, tile_id: int) -> None:
         """Record ``tile_id`` as finished: one append, then fsync."""
         if self._fd is None:
             raise OutputError(f"resume journal {self.path} is closed; reopen the output to record more tiles")
-        os.write(self._fd, f"{int(tile_id)}\n".encode())
-        os.fsync(self._fd)
+        line = f"{int(tile_id)}\n".encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            with writing(self.path, " (the resume journal)"):
+                written = os.write(self._fd, line)
+                if written != len(line):  # a short write: the disk filled up in the middle of the line
+                    os.write(self._fd, line[written:])
+                os.fsync(self._fd)
+        except (OSError, DiskFullError):
+            os.ftruncate(self._fd, size)  # no torn line stays behind; shrinking a file needs no space
+            raise
         self.done.add(int(tile_id))
 
     def close(self) -> None:

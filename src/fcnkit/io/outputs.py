@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import zarr
 
-from fcnkit.errors import OutputError
-from fcnkit.io.atomic import fsync_dir, fsync_files, remove_path, replace_dir, unwritable_reason
+from fcnkit.errors import DiskFullError, OutputError
+from fcnkit.io.atomic import (NO_SPACE, fsync_dir, fsync_files, fsync_tree, remove_path, replace_dir, unwritable_reason,
+                              writing)
 from fcnkit.io.images import write_png
 from fcnkit.io.journal import Journal
+from fcnkit.io.lock import WriterLock, lock_path
 from fcnkit.io.ome_zarr import build_pyramid, ome_metadata
 from fcnkit.io.tiff import write_tiff
 
@@ -74,7 +76,7 @@ class Output:
     """
 
     def __init__(self, path: Path, fmt: str, array: zarr.Array, journal: Journal, *, shape: tuple[int, ...],
-                 kind: str, palette: Any, metadata: dict | None) -> None:
+                 kind: str, palette: Any, metadata: dict | None, lock: WriterLock | None = None) -> None:
         self.path = path
         self.format = fmt
         self.shape = shape
@@ -89,6 +91,7 @@ class Output:
         self._metadata = metadata
         self._unsynced: set[Path] = set()
         self._closed = False
+        self._lock = lock  # held from create_output until close() or an error ends the writing
 
     @property
     def done(self) -> set[int]:
@@ -124,10 +127,11 @@ class Output:
                 f"tile for {self.path} has dtype {value.dtype}, the output holds {self.dtype}; "
                 f"convert the tile first (e.g. argmax for labels) instead of letting it be truncated"
             )
-        if self._channels_first:
-            self._array[:, ys, xs] = np.moveaxis(value, 2, 0)
-        else:
-            self._array[ys, xs] = value
+        with writing(partial_path(self.path), f" (output rows {ys.start}:{ys.stop}, cols {xs.start}:{xs.stop})"):
+            if self._channels_first:
+                self._array[:, ys, xs] = np.moveaxis(value, 2, 0)
+            else:
+                self._array[ys, xs] = value
         self._unsynced.update(self._chunk_files(ys, xs))
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -153,7 +157,8 @@ class Output:
     def mark_done(self, tile_id: int) -> None:
         """Record that tile ``tile_id`` is written: its chunks are fsynced first, then the id is journaled."""
         self._check_open()
-        fsync_files(self._unsynced)
+        with writing(partial_path(self.path)):
+            fsync_files(self._unsynced)
         self._unsynced.clear()
         self._journal.append(tile_id)
 
@@ -179,29 +184,40 @@ class Output:
             if self.format == "ome-zarr":
                 group = zarr.open_group(str(partial), mode="r+")
                 channels = self.shape[2] if self._channels_first else None
-                levels = build_pyramid(group, channels=channels)
-                names = (self._metadata or {}).get("class_names")
-                ome = ome_metadata(levels=levels, channels=channels, name=self.path.name.split(".")[0],
-                                   palette=self._palette, labels=self.kind == "labels", class_names=names,
-                                   channel_windows=_channel_windows(group[str(levels - 1)], channels))
-                group.attrs.update({"ome": ome, **({"fcnkit": extra} if extra else {})})
+                with writing(partial, " (its pyramid levels and metadata)"):
+                    levels = build_pyramid(group, channels=channels)
+                    names = (self._metadata or {}).get("class_names")
+                    ome = ome_metadata(levels=levels, channels=channels, name=self.path.name.split(".")[0],
+                                       palette=self._palette, labels=self.kind == "labels", class_names=names,
+                                       channel_windows=_channel_windows(group[str(levels - 1)], channels))
+                    group.attrs.update({"ome": ome, **({"fcnkit": extra} if extra else {})})
             elif extra:
-                self._array.attrs.update({"fcnkit": extra})
-            fsync_files([partial / "zarr.json"])
+                with writing(partial, " (its metadata)"):
+                    self._array.attrs.update({"fcnkit": extra})
+            with writing(partial):  # every level, chunk and folder durable before the rename publishes them
+                fsync_tree(partial)
             replace_dir(partial, self.path)
         self._journal.remove()
         fsync_dir(self.path.parent)
         self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> Output:
         return self
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._journal.close()  # keep the partial output and journal for resume
-            self._closed = True
+        try:
+            if exc_type is None:
+                self.close()
+        finally:
+            if not self._closed:  # an error (or a failed close): keep the partial output and journal for resume
+                self._journal.close()
+                self._closed = True
+            self._release()
 
 
 def _channel_windows(smallest: zarr.Array, channels: int | None) -> list[tuple[float, float]] | None:
@@ -270,6 +286,8 @@ def _create_storage(partial: Path, fmt: str, shape: tuple[int, ...], dtype: np.d
         return zarr.create_array(str(partial), shape=shape, dtype=dtype, chunks=chunks + tuple(shape[2:]),
                                  fill_value=0, dimension_names=spatial + (("c",) if len(shape) == 3 else ()))
     except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise DiskFullError(partial) from exc
         raise OutputError(
             f"cannot write the output {partial.name[: -len('.partial')]}: {unwritable_reason(partial.parent, exc)}; "
             "choose a writable output location"
@@ -314,10 +332,22 @@ def create_output(
     dtype = np.dtype(dtype)
     shape = _check_request(path, fmt, shape, dtype, kind)
     fingerprint = {"shape": list(shape), "dtype": dtype.str, "kind": kind, "output_format": fmt, "plan": plan_key}
+    _prepare_folder(path.parent)
+    lock = WriterLock.acquire(lock_path(path), target=f"output {path}")  # refuses a second run writing it
+    options = {"shape": shape, "kind": kind, "palette": palette, "metadata": metadata, "lock": lock}
+    try:
+        return _open(path, fmt, dtype, fingerprint, chunks, overwrite=overwrite, resume=resume, options=options)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _open(path: Path, fmt: str, dtype: np.dtype, fingerprint: dict, chunks: Any, *, overwrite: bool, resume: bool,
+          options: dict) -> Output:
+    """create_output's work once the output is locked: resume, refuse, or start a new partial output."""
     partial, journal = partial_path(path), journal_path(path)
     status = output_status(path)
-    _prepare_folder(path.parent)
-    options = {"shape": shape, "kind": kind, "palette": palette, "metadata": metadata}
+    shape = options["shape"]
     if resume and status == "partial" and journal.exists():
         previous = Journal.open(journal)
         if previous.fingerprint == fingerprint:
