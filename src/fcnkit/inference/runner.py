@@ -19,6 +19,7 @@ import torch
 
 from fcnkit.inference.plan import Tile
 from fcnkit.errors import InputError, ModelError
+from fcnkit.signals import safe_point
 
 _DONE = object()  # end-of-stream marker on both queues
 _QUEUE_BATCHES = 2  # batches read ahead, and results waiting to be written
@@ -150,6 +151,7 @@ def run_plan(model: torch.nn.Module, image: Any, tiles: Sequence[Tile], *, outpu
     writer.start()
     try:
         while True:
+            safe_point()  # after SIGINT/SIGTERM: stop here; the finally below writes and journals the tiles in flight
             item = _get(inbox, reader)
             if item is _DONE:
                 break
