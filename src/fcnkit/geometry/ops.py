@@ -236,7 +236,8 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> Op:
             a["mode"], a["align_corners"] = "bilinear", True
         return Op("resample", name, args={k: a[k] for k in ("size", "scale_factor", "mode", "align_corners")})
     if name in ("pad", "constant_pad_nd"):
-        return Op("pad", name, args={"pad": tuple(bind(node, ("input", "pad"), {})["pad"])})
+        pad = bind(node, ("input", "pad"), {})["pad"]
+        return Op("pad", name, args={"pad": tuple(pad) if isinstance(pad, (tuple, list)) else (pad,)})
     if name == "pad_to_multiple":  # fcnkit.layers: zeros at the bottom/right up to a multiple
         return Op("pad_to_multiple", name, args={"multiple": bind(node, ("x", "multiple"), {})["multiple"]})
     if name in ("pixel_shuffle", "pixel_unshuffle"):

@@ -92,3 +92,14 @@ def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def input_window(gm: fx.GraphModule, axis: int, index: int = 0) -> tuple[int, int] | None:
+    """The input index range that output ``index`` of ``gm`` reads along ``axis`` (0 rows, 1 columns), image borders
+    ignored; None when the graph holds an operation without a rule.
+
+    For a convolutionalized classifier this is the window on which the FCN's first score equals the classifier's.
+    """
+    prop = Propagation(gm)
+    out, _ = _forward(prop)
+    return None if prop.unknown is not None else prop.window(out, axis, index)
