@@ -3,6 +3,6 @@
 The implementation is :mod:`fcnkit.inference.dask`; this module only names it where users look for it.
 """
 
-from fcnkit.inference.dask import close, connect, predict_dask, predict_into
+from fcnkit.inference.dask import close, connect, min_tiles, predict_dask, predict_into
 
-__all__ = ["close", "connect", "predict_dask", "predict_into"]
+__all__ = ["close", "connect", "min_tiles", "predict_dask", "predict_into"]

@@ -1,11 +1,13 @@
-"""Exact inference on a dask cluster: the tiling rule of DESIGN.md, with dask chunks as the tiles.
+"""Exact inference on a dask cluster, following the same tile plan as ``predict_tiled``.
 
-The input is rechunked so that every chunk boundary is a multiple of the model's ``input_multiple`` D, each chunk
-is extended by the halo h (itself a multiple of D) on every side that has a neighbour — never past the image edge —
-and the model runs on the extended block exactly as :func:`fcnkit.predict` runs on a whole image. Keeping only the
-chunk's own rows and columns then gives, block for block, the whole-image result.
+``plan_prediction`` decides the tiles (regions, halos clipped at the image edge, valid padding and output stride,
+the memory budget); each tile becomes one task that reads its input window from the dask array and runs the same
+read/forward code as the in-process runner, and each output block of the returned dask array is one tile's output
+region. So the result equals ``fcnkit.predict`` block for block, the output chunks are the plan's, and a resume
+journal holds the same tile ids whether the tiles ran here or on a cluster.
 
-The model is one task in the graph: each worker receives it once and reuses it for all its chunks.
+The model is prepared once (:mod:`fcnkit.inference.model`) and sent once: scattered to every worker when a
+distributed client is given or active, else one task of the graph.
 
 >>> import dask.array as da                                        # doctest: +SKIP
 >>> labels = predict_dask(model, da.from_zarr("slide.zarr"), output="labels")
@@ -14,44 +16,42 @@ The model is one task in the graph: each worker receives it once and reuses it f
 
 from __future__ import annotations
 
-import functools
-import math
+import dataclasses
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from fcnkit.errors import InputError, NotExactError
+from fcnkit.errors import InputError
+from fcnkit.inference.inputs import conversion_of, model_input
+from fcnkit.inference.kinds import check_output
+from fcnkit.inference.model import prepare
+from fcnkit.inference.plan import Tile
+from fcnkit.inference.runner import forward_batch, read_batch
+from fcnkit.inference.tiled import TilePlan, check_plan, plan_prediction
 
-_OUTPUTS = ("logits", "probs", "labels")
-
-
-def _aligned_chunks(size: int, chunk: int, halo: int) -> tuple[int, ...]:
-    """Chunk sizes along one axis: multiples of the (aligned) ``chunk``, the last one never thinner than the halo."""
-    sizes = [chunk] * (size // chunk)
-    if size % chunk:
-        sizes.append(size % chunk)
-    # dask's overlap needs every chunk at least as deep as the halo; fold a thin last chunk into its neighbour.
-    if len(sizes) > 1 and sizes[-1] < halo:
-        last = sizes.pop()
-        sizes[-1] += last
-    return tuple(sizes)
+TILES_PER_THREAD = 2  # on a cluster, at least this many tiles per worker thread when the image allows
 
 
-def _predict_block(block: np.ndarray, model, *, output: str, halo: int, stride: int, grid, block_id=None):
-    from fcnkit.inference.tiled import predict
+@dataclasses.dataclass(frozen=True)
+class _Payload:
+    """What every tile task needs, sent to each worker once: the prepared network and how to feed it."""
 
-    bi, bj = block_id[:2]  # the output block id has no channel index for labels
-    top = halo if bi > 0 else 0
-    left = halo if bj > 0 else 0
-    bottom = halo if bi < grid[0] - 1 else 0
-    right = halo if bj < grid[1] - 1 else 0
-    rows = block.shape[0] - top - bottom
-    cols = block.shape[1] - left - right
-    result = predict(model, block, output=output)
-    y0, x0 = top // stride, left // stride
-    return result[y0 : y0 + math.ceil(rows / stride), x0 : x0 + math.ceil(cols / stride)]
+    net: torch.nn.Module
+    device: str
+    dtype: torch.dtype
+    conversion: Any  # fcnkit.io.pixels.PixelConversion for this image and model
+
+
+def _run_tile(payload: _Payload, window: np.ndarray, tile: Tile, output: str) -> np.ndarray:
+    """One planned tile on a worker: ``window`` is the image at ``tile.read``; returns the tile's output region."""
+    (r0, r1), (c0, c1) = tile.read
+    local = dataclasses.replace(tile, read=((0, r1 - r0), (0, c1 - c0)))
+    window = payload.conversion.apply(np.asarray(window))
+    x = read_batch(window, [local], torch.device(payload.device), payload.dtype)
+    return forward_batch(payload.net, x, [local], output)[0]
 
 
 def _as_dask(array: Any):
@@ -64,82 +64,85 @@ def _as_dask(array: Any):
 
         array = open_image(array)
     if not hasattr(array, "shape") or len(array.shape) not in (2, 3):
-        raise InputError(
-            f"predict_dask expected an (H, W, C) or (H, W) array, zarr path or dask array, got {type(array).__name__}"
-        )
+        raise InputError(f"predict_dask expected an (H, W, C) or (H, W) array, zarr path or dask array, got "
+                         f"{type(array).__name__}; pass e.g. dask.array.from_zarr(path).")
     return da.from_array(array, chunks="auto" if not hasattr(array, "chunks") else array.chunks)
 
 
-def predict_dask(
-    model,
-    array: Any,
-    *,
-    output: str = "logits",
-    chunk: int | None = None,
-    halo: int | None = None,
-    in_channels: int | None = None,
-    allow_inexact: bool = False,
-):
+def _active_client(client: Any) -> Any:
+    """``client``, else the distributed client this process already uses (if any)."""
+    if client is not None:
+        return client
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def min_tiles(client: Any) -> int:
+    """How many tiles a plan for ``client``'s cluster should have at least: ``TILES_PER_THREAD`` per worker
+    thread, so that every worker has work and a slow one does not leave the others idle at the end."""
+    return TILES_PER_THREAD * max(1, sum(client.nthreads().values())) if client is not None else 1
+
+
+def predict_dask(model: Any, array: Any, *, output: str = "logits", tile: int | tuple[int, int] | None = None,
+                 chunk: int | None = None, halo: int | None = None, memory_limit: int | str | None = None,
+                 allow_inexact: bool = False, precision: str | None = None, plan: TilePlan | None = None,
+                 client: Any = None):
     """Whole-image-exact inference over a dask array; returns a lazy dask array.
 
-    ``array``: a dask array, an array-like, or a path fcnkit can open, shaped (H, W, C) or (H, W), any chunking
-    (it is rechunked to chunks aligned to the model's input multiple). ``chunk`` is the aligned chunk side
-    (default: about 1024 pixels). Returns (H', W', K) float32 for logits/probs, (H', W') uint8 (int32 above 255
-    classes) for labels — equal to ``fcnkit.predict(model, array.compute(), output=output)``.
+    ``array``: a dask array, an array-like, or a path fcnkit can open, shaped (H, W, C) or (H, W), any chunking.
+    ``tile`` (``chunk`` is the same), ``halo``, ``memory_limit``, ``allow_inexact`` and ``precision`` mean what they
+    mean for ``predict_tiled``; ``plan`` (from ``plan_prediction``) replaces the first four. On a cluster the tile
+    chosen from memory is small enough that every worker thread gets at least ``TILES_PER_THREAD`` tiles. Returns
+    (H', W', K) float32 for logits/probs, (H', W') uint8 (int32 above 255 classes) for labels, equal to
+    ``fcnkit.predict(model, array.compute(), output=output)``, chunked as the plan's tiles; ``result.fcnkit_plan``
+    is the plan (``predict_into`` journals its tile ids).
     """
     import dask
     import dask.array as da
 
-    from fcnkit.geometry.analysis import analyze
-
-    if output not in _OUTPUTS:
-        raise InputError(f"output={output!r} is not one of {', '.join(_OUTPUTS)}")
+    check_output(output)
+    if tile is not None and chunk is not None and tile != chunk:
+        raise InputError(f"tile={tile!r} and chunk={chunk!r} name the same thing; pass one of them.")
+    tile = tile if tile is not None else chunk
     x = _as_dask(array)
-    if x.ndim == 2:
-        x = x[:, :, None]
-    channels = in_channels or x.shape[2]
-    geometry = analyze(model, in_channels=channels)
-    if not geometry.local:
-        if not allow_inexact:
-            raise NotExactError(
-                f"{geometry.nonlocal_reason}; pass allow_inexact=True to run it per chunk anyway (results will differ)"
-            )
-        import warnings
-
-        warnings.warn(f"chunked inference is not exact: {geometry.nonlocal_reason}", stacklevel=2)
-    multiple, stride = geometry.input_multiple, geometry.output_stride
-    h = geometry.halo if halo is None else halo
-    if h < 0:
-        raise InputError(f"halo must be ≥ 0, got {h}")
-    h = math.ceil(h / multiple) * multiple
-    side = chunk if chunk is not None else 1024
-    if side <= 0:
-        raise InputError(f"chunk must be a positive number of pixels, got {side}")
-    # Chunk boundaries on multiples of D (and of the stride), at least as deep as the halo.
-    side = max(math.ceil(side / multiple) * multiple, h, multiple)
-    height, width = x.shape[:2]
-    chunks = (_aligned_chunks(height, side, h), _aligned_chunks(width, side, h), (x.shape[2],))
-    x = x.rechunk(chunks)
-
-    from fcnkit.inference.tiled import label_dtype, predict
-
-    probe_side = max(multiple, stride)
-    sample = predict(model, np.zeros((probe_side, probe_side, x.shape[2]), np.float32), output="logits")
-    num_classes = sample.shape[-1]
-
-    # An axis with a single chunk has no neighbour to borrow from.
-    depth = {0: h if len(chunks[0]) > 1 else 0, 1: h if len(chunks[1]) > 1 else 0, 2: 0}
-    extended = da.overlap.overlap(x, depth=depth, boundary="none") if any(depth.values()) else x
-    model_task = dask.delayed(model, name=f"fcnkit-model-{uuid.uuid4().hex}", traverse=False)
-    out_rows = tuple(math.ceil(c / stride) for c in chunks[0])
-    out_cols = tuple(math.ceil(c / stride) for c in chunks[1])
-    # Static arguments go in a partial: blockwise reserves keyword names such as `output` for itself.
-    run = functools.partial(_predict_block, output=output, halo=h, stride=stride, grid=x.numblocks[:2])
-    if output == "labels":
-        return extended.map_blocks(
-            run, model_task, dtype=label_dtype(num_classes), chunks=(out_rows, out_cols), drop_axis=2
-        )
-    return extended.map_blocks(run, model_task, dtype=np.float32, chunks=(out_rows, out_cols, (num_classes,)))
+    client = _active_client(client)
+    prepared = prepare(model, device=plan.device if plan is not None else None,
+                       precision=precision if precision is not None or plan is None else plan.precision)
+    image = model_input(prepared.source, x)  # the pixel rule; says once when the values look wrong
+    if plan is None:
+        plan = plan_prediction(prepared, image, tile=tile, halo=halo, output=output, memory_limit=memory_limit,
+                               allow_inexact=allow_inexact, min_tiles=min_tiles(client))
+    elif any(v is not None for v in (tile, halo, memory_limit)):
+        raise InputError("plan= already fixes tile, halo and memory_limit; pass either plan= or those, not both.")
+    else:
+        check_plan(plan, prepared, image, output)
+    payload = _Payload(net=prepared.net, device=str(prepared.device), dtype=prepared.dtype,
+                       conversion=conversion_of(prepared.source, x))
+    token = uuid.uuid4().hex
+    if client is not None:
+        model_ref = client.scatter(payload, broadcast=True, hash=False)  # each worker receives it once
+    else:
+        model_ref = dask.delayed(payload, name=f"fcnkit-model-{token}", traverse=False)
+    rows, cols = plan.grid
+    channels = plan.shape[2:]
+    blocks = []
+    for i, height in enumerate(rows):
+        row = []
+        for j, width in enumerate(cols):
+            t = plan.tiles[i * len(cols) + j]
+            (r0, r1), (c0, c1) = t.read
+            task = dask.delayed(_run_tile, pure=False)(model_ref, x[r0:r1, c0:c1], t, output,
+                                                       dask_key_name=f"fcnkit-tile-{token}-{i}-{j}")
+            block = da.from_delayed(task, shape=(height, width, *channels), dtype=plan.dtype)
+            row.append([block] if channels else block)  # nest to the array's depth: da.block joins trailing axes
+        blocks.append(row)
+    result = da.block(blocks)
+    result.fcnkit_plan = plan
+    return result
 
 
 def connect(scheduler: str):
@@ -181,33 +184,37 @@ def predict_into(result, out, *, client=None, progress: bool = False) -> None:
     ``fcnkit.io`` Output), on ``client``'s cluster or the local scheduler.
 
     Workers compute; this process writes each block as it arrives, so any writable target works. When ``out``
-    has a resume journal (``done``/``mark_done``), finished blocks are skipped and each is marked once written.
+    has a resume journal (``done``/``mark_done``), finished blocks are skipped and each is marked once written,
+    by the plan's tile id (the same ids ``predict_tiled`` journals), so a run resumes on another cluster or none.
     """
     from distributed import as_completed
 
+    plan = getattr(result, "fcnkit_plan", None)
     blocks = [(i, j) for i in range(result.numblocks[0]) for j in range(result.numblocks[1])]
+    ids = [t.id for t in plan.tiles] if plan is not None and len(plan.tiles) == len(blocks) else \
+        list(range(len(blocks)))
     done = set(getattr(out, "done", set()))
     offsets = [np.cumsum((0, *c)) for c in result.chunks[:2]]
-    todo = [(n, ij) for n, ij in enumerate(blocks) if n not in done]
+    todo = [(ids[n], ij) for n, ij in enumerate(blocks) if ids[n] not in done]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="chunk", desc="fcnkit predict")
+        bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="tile", desc="fcnkit predict")
 
-    def write(n: int, ij: tuple[int, int], value: np.ndarray) -> None:
+    def write(tile_id: int, ij: tuple[int, int], value: np.ndarray) -> None:
         (i, j) = ij
         out[offsets[0][i] : offsets[0][i + 1], offsets[1][j] : offsets[1][j + 1]] = value
         if hasattr(out, "mark_done"):
-            out.mark_done(n)
+            out.mark_done(tile_id)
         if bar is not None:
             bar.update(1)
 
     if client is None:
-        for n, ij in todo:
-            write(n, ij, result.blocks[ij].compute())
+        for tile_id, ij in todo:
+            write(tile_id, ij, result.blocks[ij].compute())
     else:
-        futures = {client.compute(result.blocks[ij]): (n, ij) for n, ij in todo}
+        futures = {client.compute(result.blocks[ij]): (tile_id, ij) for tile_id, ij in todo}
         for future in as_completed(futures):
             write(*futures[future], future.result())
             future.release()

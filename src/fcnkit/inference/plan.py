@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from fcnkit.errors import InputError
+from fcnkit.inference.model import InferenceModel
 
 # Largest number of tiles per axis the planner considers: beyond that, tiles are so small that halo dominates.
 _MAX_SPLITS = 4096
@@ -161,24 +162,24 @@ class _LiveBytes(TorchDispatchMode):
 _COST_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def activation_bytes_per_pixel(model: torch.nn.Module, channels: int, multiple: int, device: torch.device,
-                               memory_format: torch.memory_format) -> float:
-    """Peak bytes the forward pass holds, per input pixel, measured once on a small input and cached per model."""
-    key = (channels, str(device), str(memory_format))
-    cached = _COST_CACHE.setdefault(model, {})
+def activation_bytes_per_pixel(prepared: InferenceModel, channels: int, multiple: int) -> float:
+    """Peak bytes the forward pass holds, per input pixel, measured once on a small input and cached per model
+    (the caller's, for each device and precision)."""
+    key = (channels, str(prepared.device), prepared.precision)
+    cached = _COST_CACHE.setdefault(prepared.source, {})
     if key not in cached:
         side = round_up(max(128, 4 * multiple), multiple)
-        x = torch.zeros(1, channels, side, side, device=device).contiguous(memory_format=memory_format)
+        x = torch.zeros(1, channels, side, side, device=prepared.device, dtype=prepared.dtype)
         meter = _LiveBytes()
         with torch.inference_mode(), meter:
-            y = model(x)
+            y = prepared.net(x.contiguous(memory_format=prepared.memory_format))
             del y
         cached[key] = meter.peak / (side * side)
     return cached[key]
 
 
-def _axis_options(n_in: int, n_out: int, margins: Margins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every distinct tile side along one axis: ``(side, largest padded extent, total padded extent)`` arrays.
+def _axis_options(n_in: int, n_out: int, margins: Margins) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct tile side along one axis: ``(side, largest padded extent, total padded extent, tile count)``.
 
     Side ``t`` (input pixels, a multiple of D) for 1, 2, ... tiles per axis, down to one multiple of D; extents
     count the halo that each tile reads (clipped at the image edge) and its zero padding to D.
@@ -186,33 +187,36 @@ def _axis_options(n_in: int, n_out: int, margins: Margins) -> tuple[np.ndarray, 
     s, d = margins.stride, margins.multiple
     most = min(_MAX_SPLITS, max(1, -(-n_out * s // d)))
     sides = np.unique([round_up(-(-n_out // k) * s, d) for k in range(1, most + 1)])[::-1]
-    largest, total = np.empty(len(sides), np.int64), np.empty(len(sides), np.int64)
+    largest, total, count = (np.empty(len(sides), np.int64) for _ in range(3))
     for i, side in enumerate(sides):
         t_out = int(side) // s
         a = np.arange(0, n_out, t_out, dtype=np.int64)
         b = np.minimum(a + t_out, n_out)
         extent = np.minimum(n_in, b * s + margins.hi) - np.maximum(0, a * s - margins.lo)
         padded = -(-extent // d) * d
-        largest[i], total[i] = padded.max(), padded.sum()
-    return sides.astype(np.int64), largest, total
+        largest[i], total[i], count[i] = padded.max(), padded.sum(), len(a)
+    return sides.astype(np.int64), largest, total, count
 
 
 def choose_tile(in_shape: tuple[int, int], out_shape: tuple[int, int], margins: Margins, *, bytes_per_pixel: float,
-                budget: int, batch_size: int) -> tuple[int, int]:
+                budget: int, batch_size: int, min_tiles: int = 1) -> tuple[int, int]:
     """The tile ``(th, tw)`` (input pixels, multiples of D) that needs the least computation within ``budget``.
 
     ``bytes_per_pixel`` is the cost of one padded input pixel in flight (activations, input, output). The work of a
     tiling is the sum of its tiles' padded areas, halo included; a halo is only read on the sides of a tile that
     have a neighbour, so tiles need not be square: full-width strips of a 4096² image cost (4096 + 2h)/4096 where
     2×2 squares cost ((2048 + 2h)/2048)². Every pair of per-axis tile counts is scored (tiles balanced so that no
-    thin strip is left at the edge); ties go to the fewest tiles.
+    thin strip is left at the edge); ties go to the fewest tiles. ``min_tiles``: only tilings with at least that
+    many tiles, when the image has any (a cluster's workers each need a tile).
     """
     per_tile = budget * TILE_SHARE / (batch_size * bytes_per_pixel)  # padded pixels one tile may have
-    sy, ey, wy = _axis_options(in_shape[0], out_shape[0], margins)
-    sx, ex, wx = _axis_options(in_shape[1], out_shape[1], margins)
+    sy, ey, wy, ny = _axis_options(in_shape[0], out_shape[0], margins)
+    sx, ex, wx, nx = _axis_options(in_shape[1], out_shape[1], margins)
+    if ny[-1] * nx[-1] < min_tiles:
+        min_tiles = 1  # the image is too small to share out: the least work, as for one worker
     best, best_key = None, None
     for i in range(len(sy)):  # one row of (y, x) pairs at a time: thousands of options per axis on a slide
-        fits = np.flatnonzero(ey[i] * ex <= per_tile)
+        fits = np.flatnonzero((ey[i] * ex <= per_tile) & (ny[i] * nx >= min_tiles))
         if not len(fits):
             continue
         work = wy[i] * wx[fits]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fcnkit.inference.kinds import label_torch_dtype
 from fcnkit.inference.plan import Tile
 from fcnkit.errors import InputError, ModelError
 from fcnkit.signals import safe_point
@@ -57,8 +58,7 @@ def finish(y: Any, output: str) -> torch.Tensor:
                          f"classifier (fcnkit.convolutionalize) before predicting on images.")
     y = y.float()
     if output == "labels":
-        dtype = torch.uint8 if y.shape[1] <= 255 else torch.int32
-        return y.argmax(dim=1).to(dtype)
+        return y.argmax(dim=1).to(label_torch_dtype(y.shape[1]))
     if output == "probs":
         y = torch.softmax(y, dim=1)
     return y.permute(0, 2, 3, 1)
@@ -102,8 +102,34 @@ def _put(q: queue.Queue, item: Any, go_on: Callable[[], bool]) -> bool:
     return False
 
 
+def read_batch(image: Any, batch: Sequence[Tile], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The input windows of ``batch`` (tiles of one padded shape), zero padded bottom/right to the model's multiple
+    as in the whole-image run: an ``(N, C, h, w)`` tensor on ``device``."""
+    h, w = batch[0].padded
+    first = read_window(image, *batch[0].read)
+    data = np.zeros((len(batch), h, w, first.shape[2]), np.float32)
+    for k, tile in enumerate(batch):
+        window = first if k == 0 else read_window(image, *tile.read)
+        data[k, :window.shape[0], :window.shape[1]] = window
+    return to_model_input(data, device, dtype)
+
+
+def forward_batch(model: torch.nn.Module, x: torch.Tensor, batch: Sequence[Tile], output: str) -> list[np.ndarray]:
+    """Run ``model`` on ``x`` (from :func:`read_batch`) and keep each tile's own output region, on the CPU."""
+    with torch.inference_mode():
+        y = finish(model(x), output).cpu()
+    kept = []
+    for k, tile in enumerate(batch):
+        (ky0, ky1), (kx0, kx1) = tile.keep
+        if y.shape[1] < ky1 or y.shape[2] < kx1:
+            raise ModelError(f"the model returned a {tuple(y.shape[1:3])} output for a {tile.padded} tile; "
+                             f"expected at least {(ky1, kx1)} from its geometry; check fcnkit.analyze(model).")
+        kept.append(y[k, ky0:ky1, kx0:kx1].numpy())
+    return kept
+
+
 def run_plan(model: torch.nn.Module, image: Any, tiles: Sequence[Tile], *, output: str, out: Any,
-             batch_size: int, device: torch.device, journal: bool, progress: bool, stride: int,
+             batch_size: int, device: torch.device, dtype: torch.dtype, journal: bool, progress: bool, stride: int,
              skipped: int = 0) -> None:
     """Compute every tile of ``tiles`` and write its ``out`` region into ``out``; mark it done when ``journal``.
 
@@ -111,8 +137,6 @@ def run_plan(model: torch.nn.Module, image: Any, tiles: Sequence[Tile], *, outpu
     """
     if batch_size > 1:  # group the tiles of one shape (interior tiles) so that they stack into full batches
         tiles = sorted(tiles, key=lambda t: t.padded)
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     stop = threading.Event()
 
     def running() -> bool:
@@ -122,14 +146,7 @@ def run_plan(model: torch.nn.Module, image: Any, tiles: Sequence[Tile], *, outpu
 
     def read() -> None:
         for batch in _batches(tiles, batch_size):
-            h, w = batch[0].padded
-            first = read_window(image, *batch[0].read)
-            # zeros: the bottom/right padding to the model's multiple, as in the whole-image run
-            data = np.zeros((len(batch), h, w, first.shape[2]), np.float32)
-            for k, tile in enumerate(batch):
-                window = first if k == 0 else read_window(image, *tile.read)
-                data[k, :window.shape[0], :window.shape[1]] = window
-            if not _put(inbox, (batch, to_model_input(data, device, dtype)), running):
+            if not _put(inbox, (batch, read_batch(image, batch, device, dtype)), running):
                 return
         _put(inbox, _DONE, running)
 
@@ -156,18 +173,11 @@ def run_plan(model: torch.nn.Module, image: Any, tiles: Sequence[Tile], *, outpu
             if item is _DONE:
                 break
             batch, x = item
-            with torch.inference_mode():
-                y = finish(model(x), output)
-            y = y.cpu()
-            for k, tile in enumerate(batch):
-                (ky0, ky1), (kx0, kx1) = tile.keep
-                if y.shape[1] < ky1 or y.shape[2] < kx1:
-                    raise ModelError(f"the model returned a {tuple(y.shape[1:3])} output for a {tile.padded} tile; "
-                                     f"expected at least {(ky1, kx1)} from its geometry; check fcnkit.analyze(model).")
-                if not _put(outbox, (tile, y[k, ky0:ky1, kx0:kx1].numpy()), writer.is_alive):
+            for tile, values in zip(batch, forward_batch(model, x, batch, output)):
+                if not _put(outbox, (tile, values), writer.is_alive):
                     raise writer.error  # type: ignore[misc]
-                pixels += (ky1 - ky0) * (kx1 - kx0) * stride * stride
-            del x, y
+                pixels += values.shape[0] * values.shape[1] * stride * stride
+            del x
             _trim_heap()
             if bar is not None:
                 bar.update(len(batch))

@@ -1,0 +1,162 @@
+"""The model as inference runs it, prepared once per call: on its device, in eval mode, BatchNorm folded into the
+convolution before it, weights in channels_last, and for ``precision="bf16"`` cast to bfloat16 once.
+
+The caller's model is never changed: the inference copy shares every tensor it does not change (a parameter that is
+moved, folded or cast becomes a new tensor in the copy), so an fp32 copy on the model's own device costs almost no
+memory. Folding ``conv → BatchNorm`` (eval statistics) into one convolution is exact in real arithmetic and within
+~1e-6 relative in float32; it saves one pass over each activation map.
+
+>>> net = prepare(fcnkit.build_model("unet", num_classes=3), precision="bf16")   # doctest: +SKIP
+>>> fcnkit.predict(net, image)   # predict, predict_tiled, plan_prediction and predict_dask accept it
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fcnkit.errors import InputError
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+@dataclass(frozen=True)
+class InferenceModel:
+    """A model prepared for inference: ``net`` runs (eval mode, on ``device``, inputs of ``dtype`` in
+    ``memory_format``); ``source`` is the caller's model (geometry and cost caches are kept for it).
+    ``precision`` is resolved: ``"fp32"`` or ``"bf16"``."""
+
+    net: nn.Module
+    source: nn.Module
+    device: torch.device
+    precision: str
+    dtype: torch.dtype
+    memory_format: torch.memory_format
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: CUDA's own check; on CPU AMX tiles or AVX512-BF16 (oneDNN
+    emulates bf16 elsewhere, slower than fp32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"``; ``"auto"`` is bf16 where ``device`` has native bf16."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision={precision!r} is not known; expected one of {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """``device``, else where the model's parameters are (CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    here = param.device if param is not None else torch.device("cpu")
+    if device is None:
+        return here
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device={device!r} is not a device; expected 'cpu', 'cuda' or 'cuda:K'.") from exc
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={str(device)!r} but CUDA is not available here; pass device='cpu'.")
+    if target.type == here.type and target.index is None:
+        return here
+    return target
+
+
+def prepare(model: nn.Module | InferenceModel, *, device: str | torch.device | None = None,
+            precision: str | None = None) -> InferenceModel:
+    """The inference copy of ``model`` (see the module docstring). An ``InferenceModel`` is returned as it is when
+    ``device``/``precision`` are ``None`` or agree with it. ``precision``: ``"fp32"`` (default), ``"bf16"`` or
+    ``"auto"``."""
+    if isinstance(model, InferenceModel):
+        wanted = None if precision is None else resolve_precision(precision, model.device)
+        if (wanted not in (None, model.precision)
+                or (device is not None and resolve_device(model.net, device) != model.device)):
+            raise InputError(f"the model was prepared for {model.precision} on {model.device}; pass device and "
+                             f"precision to prepare() or leave them out here.")
+        return model
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model is a {type(model).__name__}; expected a torch.nn.Module.")
+    target = resolve_device(model, device)
+    resolved = resolve_precision(precision or "fp32", target)
+    dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
+    # channels_last is what oneDNN runs fastest on CPU (3×3 convolutions ~1.8×); cuDNN picks its own layout
+    memory_format = torch.channels_last if target.type == "cpu" else torch.contiguous_format
+    # share every tensor with the caller's model; the steps below replace, never modify, the ones they change
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    net = copy.deepcopy(model, memo=shared)
+    net.eval()
+    fold_batchnorm(net)
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        moved = t.to(device=target, dtype=dtype if t.is_floating_point() else t.dtype)
+        # a weight that is copied anyway is stored as the convolution reads it; an unchanged one stays shared
+        return moved.contiguous(memory_format=memory_format) if moved is not t and t.ndim == 4 else moved
+
+    _convert(net, convert)
+    return InferenceModel(net=net, source=model, device=target, precision=resolved, dtype=dtype,
+                          memory_format=memory_format)
+
+
+def fold_batchnorm(net: nn.Module) -> int:
+    """Fold each eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` in an ``nn.Sequential`` into that
+    convolution (new weight and bias tensors; the BatchNorm becomes ``nn.Identity``). Returns how many were folded.
+
+    ``bn(conv(x)) = γ (w∗x + b − μ) / √(σ² + ε) + β``, so ``w' = w·γ/√(σ² + ε)`` per output channel and
+    ``b' = (b − μ)·γ/√(σ² + ε) + β``. Only where the convolution's output goes nowhere else (a Sequential's next
+    module) and nothing hooks either module.
+    """
+    folded = 0
+    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = seq._modules[first], seq._modules[second]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and _foldable(conv, bn)):
+                continue
+            with torch.no_grad():
+                var, mean = bn.running_var.double(), bn.running_mean.double()
+                gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+                beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+                scale = gamma / torch.sqrt(var + bn.eps)
+                bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
+                weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+                conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+                conv.bias = nn.Parameter(((bias - mean) * scale + beta).to(conv.weight.dtype), requires_grad=False)
+            seq._modules[second] = nn.Identity()
+            folded += 1
+    return folded
+
+
+def _foldable(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
+    hooked = any(getattr(m, name) for m in (conv, bn) for name in ("_forward_hooks", "_forward_pre_hooks"))
+    return (not bn.training and bn.track_running_stats and bn.running_mean is not None
+            and bn.num_features == conv.out_channels and conv.weight.is_floating_point() and not hooked)
+
+
+def _convert(net: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Apply ``fn`` to every parameter and buffer by replacing it (``module.to`` would change the shared tensors
+    of the caller's model in place)."""
+    done: dict[int, torch.Tensor] = {}
+    for module in net.modules():
+        for store in (module._parameters, module._buffers):
+            for name, value in store.items():
+                if value is None:
+                    continue
+                if id(value) not in done:  # a tensor tied to two modules stays one tensor
+                    raw = value.detach()
+                    data = fn(raw)
+                    done[id(value)] = value if data is raw else (
+                        nn.Parameter(data, requires_grad=False) if isinstance(value, nn.Parameter) else data)
+                store[name] = done[id(value)]
