@@ -372,3 +372,9 @@ def test_digit_classifier_checkpoint_round_trip(tmp_path) -> None:
     again = load_checkpoint(tmp_path / "fcn.pt")
     assert isinstance(again, ConvolutionalizedNet) and again.fcnkit_spec["convolutionalized"] == {"input_size": [32, 32]}
     assert torch.equal(again(image), fcn(image))
+
+
+def test_meta_device_classifier_converts_on_shapes_alone() -> None:
+    with torch.device("meta"):  # e.g. a registry building the paper's widths without allocating them
+        fcn = convolutionalize(_small_classifier(), input_size=(32, 32))
+    assert next(fcn.parameters()).is_meta and (fcn.stride, fcn.num_classes) == ((4, 4), 5)
