@@ -68,9 +68,9 @@ class Journal:
         size = os.fstat(self._fd).st_size
         try:
             with writing(self.path, " (the resume journal)"):
-                written = os.write(self._fd, line)
-                if written != len(line):  # a short write: the disk filled up in the middle of the line
-                    os.write(self._fd, line[written:])
+                rest = line
+                while rest:  # a short write means the disk filled up mid-line; the next write says so
+                    rest = rest[os.write(self._fd, rest):]
                 os.fsync(self._fd)
         except (OSError, DiskFullError):
             os.ftruncate(self._fd, size)  # no torn line stays behind; shrinking a file needs no space

@@ -97,7 +97,16 @@ class ChannelsLastView:
                     kept.append(name)
             else:
                 index.append(0)  # a singleton axis such as t or z
-        data = np.asarray(self._array[tuple(index)])
+        try:
+            data = np.asarray(self._array[tuple(index)])
+        except MemoryError:
+            raise
+        except Exception as exc:  # a codec, zlib or I/O error: the bytes under this window are damaged or missing
+            raise InputError(
+                f"{self.source}: {_region(key[0], 'rows')}, {_region(key[1], 'cols')} cannot be read "
+                f"({type(exc).__name__}: {exc}); the file is corrupted or truncated there; restore it (copy or download "
+                "it again) and run the same command with --resume"
+            ) from exc
         order = [kept.index(n) for n in ("y", "x", "c") if n in kept]
         data = data.transpose(order)
         if self._c is None:
@@ -124,6 +133,15 @@ class ChannelsLastView:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _region(index: Any, name: str) -> str:
+    """'rows 64:128' for a slice or an integer index, in the image's own coordinates."""
+    if isinstance(index, slice):
+        start = "" if index.start is None else index.start
+        stop = "" if index.stop is None else index.stop
+        return f"{name} {start}:{stop}"
+    return f"{name} {index}"
 
 
 def _call(opener: Callable[[], Any]) -> Any:
