@@ -3,6 +3,8 @@ palette colours, label overlays, panels with a legend, training curves; sizes, c
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,9 @@ from torch import nn
 from fcnkit.convert import convolutionalize
 from fcnkit.errors import InputError
 from fcnkit.data import voc_palette
-from fcnkit.reporting.pictures import (COLORBAR_PX, IGNORE_RGB, PANEL_INCHES, colorize, heatmap, heatmap_panels, overlay,
-                        overlay_labels, panels, read_metrics, training_curves, upsample_grid, write_png)
+from fcnkit.reporting.curves import read_metrics, training_curves
+from fcnkit.reporting.pictures import (COLORBAR_PX, IGNORE_RGB, PANEL_INCHES, as_rgb, colorize, heatmap, heatmap_panels,
+                                       overlay, overlay_labels, panels, upsample_grid, write_png)
 
 NAMES = ["background", "cat", "dog"]
 
@@ -199,11 +202,35 @@ def test_training_curves_from_metrics_jsonl(tmp_path) -> None:
 
 def test_write_png_is_atomic_on_failure(tmp_path) -> None:
     class Broken:
-        def savefig(self, path, **kw):
-            open(path, "wb").write(b"half")
+        def savefig(self, f, **kw):
+            f.write(b"half")
             raise RuntimeError("disk full")
 
     (tmp_path / "x.png").write_bytes(b"old")
     with pytest.raises(RuntimeError, match="disk full"):
         write_png(Broken(), tmp_path / "x.png")
     assert (tmp_path / "x.png").read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_write_png_goes_through_the_fsyncing_atomic_writer(tmp_path, monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    out = write_png(Figure(figsize=(1, 1)), tmp_path / "new" / "f.png")
+    assert out == tmp_path / "new" / "f.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(synced) >= 2  # the file before its rename, the folder after it (docs/robustness.md)
+    assert [p.name for p in out.parent.iterdir()] == ["f.png"]
+
+
+def test_as_rgb_follows_the_one_pixel_rule() -> None:
+    sixteen = np.array([[0, 257, 65535]], np.uint16)
+    np.testing.assert_array_equal(as_rgb(sixteen)[0, :, 0], [0, 1, 255])  # scaled by 1/257, not clipped to white
+    rgba = np.zeros((1, 2, 4), np.uint8)
+    rgba[..., 3] = 255
+    np.testing.assert_array_equal(as_rgb(rgba), np.zeros((1, 2, 3), np.uint8))  # alpha dropped
+    np.testing.assert_array_equal(as_rgb(np.array([[0.0, 0.5, 1.0]])), [[[0] * 3, [128] * 3, [255] * 3]])
+    np.testing.assert_array_equal(as_rgb(np.array([[0.0, 300.0]], np.float32))[0, :, 1], [0, 255])
+    with pytest.raises(InputError, match=r"expected an \(H, W\) or \(H, W, C\) array, got shape \(4,\)"):
+        as_rgb(np.zeros(4))

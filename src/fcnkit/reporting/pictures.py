@@ -1,9 +1,9 @@
 """Pictures of model outputs: class heat maps of a convolutionalized classifier, colour-map overlays.
 
-Also label pictures (palette colouring, overlays, image / truth / prediction panels with a legend) and training
-curves (loss and mean IU per step from ``metrics.jsonl``). Rendering uses matplotlib's object API with the
-Agg canvas, so it never touches pyplot's global state or needs a display; every PNG is written to a temporary file
-and renamed, so a reader never sees half a picture.
+Also label pictures (palette colouring, overlays, image / truth / prediction panels with a legend); training curves
+are in :mod:`fcnkit.reporting.curves`. Rendering uses matplotlib's object API with the Agg canvas, so it never
+touches pyplot's global state or needs a display; every PNG goes through fcnkit's one atomic writer, so a reader
+never sees half a picture. Image pixels are shown by the one pixel rule, :mod:`fcnkit.io.pixels`.
 """
 
 from __future__ import annotations
@@ -17,26 +17,17 @@ import torch
 from torch import nn
 
 from fcnkit.errors import InputError
+from fcnkit.io.atomic import atomic_file
+from fcnkit.io.pixels import display_rgb
 
 COLORBAR_PX = 100  # width of the colour bar strip right of the image in a heat-map PNG
 MIN_SIDE_PX = 256  # small images are drawn enlarged by a whole factor so the shorter side reaches this
 
 
 def as_rgb(image: object) -> np.ndarray:
-    """An (H, W, 3) uint8 copy of an (H, W), (H, W, 1) or (H, W, 3+) image (floats in [0, 1] or 0-255)."""
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] == 0:
-        raise InputError(f"image: expected an (H, W) or (H, W, C) array, got shape {array.shape}; pass one image "
-                         f"with channels last.")
-    array = array[:, :, :3] if array.shape[2] >= 3 else np.repeat(array[:, :, :1], 3, axis=2)
-    if array.dtype != np.uint8:
-        array = array.astype(np.float64)
-        if array.size and array.max() <= 1.0:
-            array = array * 255.0
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-    return array
+    """An (H, W, 3) uint8 picture of an (H, W) or (H, W, C) image by the one pixel rule, :func:`fcnkit.io.pixels.
+    display_rgb`: grey repeated, alpha dropped, 16-bit scaled by 1/257, floats in [0, 1] scaled to 0-255."""
+    return display_rgb(image)
 
 
 def overlay(image: object, heat: np.ndarray, *, cmap: str = "jet", alpha: float = 0.5,
@@ -169,17 +160,13 @@ def _save(out: str | os.PathLike, rgb: np.ndarray, heat: np.ndarray, *, cmap: st
 
 
 def write_png(fig: object, out: str | os.PathLike, *, dpi: int = 100, **savefig: object) -> Path:
-    """Save a matplotlib figure as a PNG at ``out`` atomically (a temporary file in the same folder, then renamed)."""
+    """Save a matplotlib figure as a PNG at ``out`` with fcnkit's one atomic writer (:func:`fcnkit.io.atomic.
+    atomic_file`: a temporary sibling, fsynced, then renamed, so a reader never sees half a picture)."""
     path = Path(out)
     if path.suffix.lower() != ".png":
         raise InputError(f"out: expected a path ending in .png, got {str(path)!r}; name the picture like 'x.png'.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then renamed: never a half PNG
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png", **savefig)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path, what="picture") as f:
+        fig.savefig(f, dpi=dpi, format="png", **savefig)
     return path
 
 
@@ -331,7 +318,7 @@ def heatmap_panels(out: str | os.PathLike, image: object, probs: object, *, wind
         raise InputError(f"classes: expected class indices in [0, {len(class_names) - 1}], got {classes}.")
     rgb = as_rgb(image)
     # Jet over a colourful image is hard to read: draw the heat over the image's brightness only.
-    grey = as_rgb(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+    grey = as_rgb(np.rint(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(np.uint8))
     rows = math.ceil((len(classes) + 1) / columns)
     fig = Figure(figsize=(PANEL_INCHES * columns + 0.8, PANEL_INCHES * rows + 0.3), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
@@ -347,63 +334,4 @@ def heatmap_panels(out: str | os.PathLike, image: object, probs: object, *, wind
         ax.set_axis_off()
     bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=list(axes), shrink=0.6)
     bar.set_label("class probability of the window centred here", fontsize=10)
-    return write_png(fig, out)
-
-
-# --- training curves -------------------------------------------------------------------------------------------
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The evaluation records of a training run's ``metrics.jsonl`` (one JSON object per line), in order."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"metrics: expected the training log '{path}', found no such file; point at a run "
-                         f"folder written by fcnkit train.")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"metrics: line {number} of '{path}' is not JSON ({exc.msg}); the file is damaged, "
-                                 f"rerun the training or delete that line.") from exc
-    return records
-
-
-def training_curves(records: list[dict] | str | os.PathLike, out: str | os.PathLike, *,
-                    losses: dict[int, float] | None = None, title: str | None = None) -> Path:
-    """Save loss (left) and mean IU / pixel accuracy (right) against the step, from ``metrics.jsonl`` records.
-
-    ``records`` are dicts with ``step``, ``loss`` (mean training loss since the previous record) and the metrics,
-    or the path of a ``metrics.jsonl``; ``losses`` (step -> loss of that step), when given, is drawn faintly behind.
-    """
-    from matplotlib.figure import Figure
-
-    if isinstance(records, (str, os.PathLike)):
-        records = read_metrics(records)
-    records = [r for r in records if isinstance(r, dict) and "step" in r]
-    if not records:
-        raise InputError("records: expected at least one evaluation record with a 'step', found none; train with "
-                         "evaluations (eval_every) so metrics.jsonl has lines.")
-    fig = Figure(figsize=(10.0, 3.6), layout="constrained")
-    loss_ax, score_ax = fig.subplots(1, 2)
-    if losses:
-        steps = sorted(losses)
-        loss_ax.plot(steps, [losses[s] for s in steps], color="#9db7dd", linewidth=0.8, label="per step")
-    points = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
-    if points:
-        loss_ax.plot(*zip(*points), "o-", color="#1f4e9c", label="mean since last evaluation")
-    loss_ax.set(xlabel="step", ylabel="training loss (cross-entropy)", title="loss")
-    loss_ax.legend(fontsize=9, frameon=False)
-    for key, label, colour in (("mean_iu", "mean IU", "#c0392b"), ("pixel_accuracy", "pixel accuracy", "#7f8c8d")):
-        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-        if points:
-            score_ax.plot(*zip(*points), "o-", color=colour, label=label)
-    score_ax.set(xlabel="step", ylabel="score on held-out data", title="evaluation", ylim=(0.0, 1.0))
-    score_ax.legend(fontsize=9, frameon=False, loc="lower right")
-    for ax in (loss_ax, score_ax):
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=12)
     return write_png(fig, out)

@@ -66,7 +66,7 @@ class RunInfo:
 def load_run(run_dir: str | os.PathLike) -> RunInfo:
     """Read a training folder: ``last.pt`` (or ``best.pt``), its model, and ``metrics.jsonl`` when present."""
     from fcnkit.checkpoint import load_checkpoint, read_checkpoint
-    from fcnkit.reporting.pictures import read_metrics
+    from fcnkit.reporting.curves import read_metrics
 
     folder = Path(run_dir)
     candidates = [folder / "last.pt", folder / "best.pt"]
@@ -161,7 +161,7 @@ def add_run_sections(report: Report, run: RunInfo, pictures: str | os.PathLike, 
     ``samples`` is how many validation images to draw as panels (dense models; classifiers draw one heat-map grid),
     0 for none.
     """
-    from fcnkit.reporting.pictures import training_curves
+    from fcnkit.reporting.curves import training_curves
 
     pictures = Path(pictures)
     made: dict[str, Path] = {}
