@@ -1,0 +1,123 @@
+"""SIGINT (Ctrl-C) and SIGTERM (a scheduler's notice): stop at a safe point, save, say how to continue; a second
+signal stops at once. Real signals to real ``fcnkit`` processes, sent when the child reports that it reached the
+chosen point (tests/faults_child.py), so nothing depends on timing; then ``--resume`` equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+import fcnkit
+from fcnkit import predict
+from fcnkit.checkpoint import save_checkpoint
+from fcnkit.cli import continue_command, main
+from fcnkit.signals import GracefulStop, Interrupted, active, on_interrupt, safe_point, stop_requested
+
+CHILD = Path(__file__).with_name("faults_child.py")
+
+
+def test_first_signal_requests_a_stop_and_the_safe_point_raises(capfd):
+    with GracefulStop(unit="tile") as stop:
+        assert active() is stop and not stop_requested()
+        safe_point()  # nothing requested: a no-op
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs on this (main) thread before the next line
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(Interrupted) as caught:
+            safe_point()
+    assert active() is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert caught.value.status == 143 and not caught.value.immediate
+    assert "fcnkit: SIGTERM received: stopping after the current tile and saving; send it again to stop at once" \
+        in capfd.readouterr().err
+
+
+def test_a_second_signal_stops_at_once():
+    with GracefulStop():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), signal.SIGINT)
+    assert caught.value.immediate and caught.value.status == 130
+
+
+def test_an_ignored_signal_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a job started with `nohup … &`
+    try:
+        with GracefulStop():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not stop_requested()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_on_interrupt_records_what_is_saved():
+    with pytest.raises(Interrupted) as caught:
+        with on_interrupt(lambda: "3 of 9 tiles are saved"), on_interrupt(lambda: None):
+            raise Interrupted(signal.SIGTERM)
+    assert caught.value.saved == "3 of 9 tiles are saved" and caught.value.resumable
+
+
+def test_the_command_to_continue():
+    argv = ["predict", "--checkpoint", "m.pt", "my slide.tif", "--out", "o.zarr", "--overwrite"]
+    assert continue_command(argv, resume=True) == "fcnkit predict --checkpoint m.pt 'my slide.tif' --out o.zarr --resume"
+    assert continue_command([*argv[:-1], "--resume"], resume=True).count("--resume") == 1
+    assert continue_command(argv, resume=False) == shlex.join(["fcnkit", *argv])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, model=model, class_names=["bg", "a", "b"])
+    return path
+
+
+def _child(hook: str, n: int, argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(CHILD), hook, str(n), *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _reach(proc: subprocess.Popen, marker: str = "FAULT-POINT") -> None:
+    line = proc.stdout.readline().strip()
+    if line != marker:
+        proc.kill()
+        raise AssertionError(f"expected {marker} from the child, got {line!r}: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_predict_stops_after_the_tiles_in_flight_and_resume_equals_an_uninterrupted_run(checkpoint, tmp_path,
+                                                                                       signum, capsys):
+    image = np.random.default_rng(3).integers(0, 256, (256, 192, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64))
+    out = tmp_path / "big.ome.zarr"
+    argv = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "big.tif"), "--out", str(out), "--tile", "16",
+            "--quiet"]
+    proc = _child("tiles", 3, argv)
+    _reach(proc)  # three tiles are journaled and the writer waits for the signal
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, err
+    journal = tmp_path / "big.ome.zarr.journal"
+    saved = len(journal.read_text().splitlines()) - 1
+    name = signal.Signals(signum).name
+    assert 3 <= saved < 192 and not out.exists() and not (tmp_path / "big.ome.zarr.lock").exists()
+    assert err.splitlines()[-2:] == [
+        f"fcnkit: stopped by {name}; {saved} of 192 tiles of {out} are saved in {out}.partial (journal "
+        "big.ome.zarr.journal)",
+        f"fcnkit: to continue, run: {shlex.join(['fcnkit', *argv, '--resume'])}"]
+
+    assert main([*argv, "--resume"]) == 0
+    assert not journal.exists()
+    expected = predict(fcnkit.load_checkpoint(checkpoint), image, output="labels")
+    np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], expected)
