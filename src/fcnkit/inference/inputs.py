@@ -153,5 +153,5 @@ def warn_on_range(image: Any, *, stacklevel: int = 2) -> None:
                       PixelRangeWarning, stacklevel=stacklevel)
 
 
-__all__ = ["CHANNEL_CONVERSIONS", "PixelRangeWarning", "check_array_like", "check_channels", "check_range", "conversion_of",
-           "expected_channels", "model_input", "takes_0_255", "warn_on_range"]
+__all__ = ["CHANNEL_CONVERSIONS", "PixelRangeWarning", "check_array_like", "check_channels", "check_range",
+           "conversion_of", "expected_channels", "model_input", "takes_0_255", "warn_on_range"]

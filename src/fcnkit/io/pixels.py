@@ -105,7 +105,8 @@ def conversion_for(*, channels: int, dtype: Any, wanted: int | None, scale_16_bi
     ``channels`` channels and ``dtype``. A channel mismatch outside ``CHANNEL_CONVERSIONS`` is kept as it is (the
     model's own check then names it). ``scale_16_bit``: whether the model takes 0-255 values (fcnkit models do)."""
     out = channels if wanted is None or (channels, wanted) not in CHANNEL_CONVERSIONS else wanted
-    return PixelConversion(channels, out, scale=bool(scale_16_bit and (is_16_bit(dtype) or np.dtype(dtype) == np.bool_)))
+    scale = scale_16_bit and (is_16_bit(dtype) or np.dtype(dtype) == np.bool_)
+    return PixelConversion(channels, out, scale=bool(scale))
 
 
 def _as_slice(index: Any) -> Any:
