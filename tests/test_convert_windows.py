@@ -109,7 +109,7 @@ def test_mtcnn_layout_converts_equal_at_input_size_and_exact_on_larger_crops(net
     result = verify(clf, fcn, image)
     assert result > 1e-4  # on 24x24 crops the partial window saw less than the FCN sees
     assert result.window == size and result.exact_window == exact and result.exact_difference <= 1e-5
-    assert f"where the FCN is exact" in result.summary()
+    assert "where the FCN is exact" in result.summary()
     # the same by hand: slide the classifier over crops of the stated size
     with torch.no_grad():
         grid = fcn(image)
@@ -118,12 +118,16 @@ def test_mtcnn_layout_converts_equal_at_input_size_and_exact_on_larger_crops(net
     assert torch.allclose(grid[:, :, :rows, :cols], reference, atol=1e-5, rtol=0)
 
 
-def test_partial_window_along_one_axis_gives_a_rectangular_exact_window() -> None:
+def test_partial_windows_of_two_layers_along_different_axes() -> None:
     clf = Scores(_seeded(TinyRNet()))
-    with pytest.warns(PartialWindowWarning):
-        fcn = convolutionalize(clf, input_size=(24, 23))  # columns: pool2 is partial at 23, pool1 is not
-    h, w = fcn.exact_window
-    assert h == 25 and w > 23
+    with pytest.warns(PartialWindowWarning) as caught:
+        fcn = convolutionalize(clf, input_size=(24, 23))  # rows: pool1 is partial; columns: pool2 is, pool1 is not
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert "layer 'net.pool1' (MaxPool2d)" in messages[0] and "it sees 2 of 3 rows)" in messages[0]
+    assert "layer 'net.pool2' (MaxPool2d)" in messages[1] and "on its 9x8 input it sees 2 of 3 columns" in messages[1]
+    # pool2's missing column comes from pool1's 11th window, which reads input columns 20..24
+    assert fcn.exact_window == (25, 25)
     result = verify(clf, fcn, _image(40, 41))
     assert result.exact_difference is not None and result.exact_difference <= 1e-5
 

@@ -14,6 +14,7 @@ from torch import fx
 
 from fcnkit.convert.plan import Plan
 from fcnkit.geometry.propagate import input_window
+from fcnkit.geometry.state import Unreadable
 
 
 class ConversionWarning(UserWarning):
@@ -34,7 +35,10 @@ def exact_window(body: fx.GraphModule, window: tuple[int, int]) -> tuple[int, in
     None when the FCN reads pixels before the window's top-left corner (padding: it is never exact) or its graph
     cannot be read.
     """
-    reads = [input_window(body, axis) for axis in (0, 1)]
+    try:
+        reads = [input_window(body, axis) for axis in (0, 1)]
+    except Unreadable:
+        return None
     if any(r is None or r[0] != 0 for r in reads):
         return None
     return tuple(max(win, r[1] + 1) for win, r in zip(window, reads))  # type: ignore[index,return-value]

@@ -105,8 +105,7 @@ def module_op(m: nn.Module) -> Op:
                                          ceil_mode=m.ceil_mode), args={"return_indices": getattr(m, "return_indices",
                                                                                                  False)})
     if isinstance(m, nn.MaxUnpool2d):
-        return Op("window", name, window(m.kernel_size, m.stride, m.padding, 1, transposed=True),
-                  args={"indices_arg": 1})
+        return Op("window", name, window(m.kernel_size, m.stride, m.padding, 1, transposed=True))
     if isinstance(m, nn.Upsample):
         return Op("resample", name, args={"size": m.size, "scale_factor": m.scale_factor, "mode": m.mode,
                                           "align_corners": m.align_corners})
@@ -228,8 +227,7 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> Op:
                   args={"return_indices": bool(a["return_indices"]) or name.endswith("indices")})
     if name == "max_unpool2d":
         a = bind(node, _UNPOOL, {"stride": None, "padding": 0})
-        return Op("window", name, window(a["kernel_size"], a["stride"], a["padding"], 1, transposed=True),
-                  args={"indices_arg": a["indices"]})
+        return Op("window", name, window(a["kernel_size"], a["stride"], a["padding"], 1, transposed=True))
     if name in ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear"):
         a = bind(node, _INTERP, {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None})
         if name == "upsample_bilinear":
