@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,35 +47,17 @@ INPUT_CONVENTION = ("float32 NCHW (batch, channels, height, width), raw pixel va
 
 @contextlib.contextmanager
 def _atomic_target(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path`` for exporters that write by name; fcnkit's one atomic writer
+    (:func:`fcnkit.io.atomic.atomic_file`: the umask's permissions, the file and its folder fsynced) renames it over
+    ``path`` only if the block succeeds."""
+    from fcnkit.io.atomic import atomic_file  # only here: importing fcnkit.io loads zarr
+
     path = Path(path)
     if path.exists() and (not overwrite or path.is_dir()):
         raise OutputError(f"output '{path}': expected a new file, found an existing "
                           f"{'folder' if path.is_dir() else 'file'}; choose another path or pass --overwrite.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        from fcnkit.io.atomic import unwritable_reason  # only here: importing fcnkit.io loads zarr
-
-        raise OutputError(f"output '{path}': expected a writable folder, found that "
-                          f"{unwritable_reason(path.parent, exc)}; choose a folder you can write to.") from None
-    os.close(fd)
-    mask = os.umask(0)  # mkstemp makes the file private; an export follows the umask like every other output
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    try:
-        yield Path(tmp)
-        # exporters write by name and close without fsync: sync before the rename so a power cut cannot leave an
-        # empty file under the final name
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(path, what="output") as f:
+        yield Path(f.name)  # the exporter rewrites this very file (same inode), so the writer's fsync covers it
 
 
 @contextlib.contextmanager
