@@ -63,16 +63,17 @@ def test_foreign_models_equal_whole_image_at_odd_sizes(name, size):
 
 
 @pytest.mark.parametrize("output", ["logits", "probs", "labels"])
-@pytest.mark.parametrize("name", ["unet_bn", "strided_grid"])
-def test_every_output_kind(name, output):
+@pytest.mark.parametrize("name, grid, classes", [("unet_bn", (67, 93), 4), ("strided_grid", (17, 24), 5)])
+def test_every_output_kind(name, grid, classes, output):
     model, image = FOREIGN[name], _image(67, 93)
     whole = predict(model, image, output=output)
     _assert_same(predict_tiled(model, image, tile=16, output=output, batch_size=3), whole, output)
     if output == "labels":
-        assert whole.dtype == np.uint8
+        assert whole.dtype == np.uint8 and whole.shape == grid
+        np.testing.assert_array_equal(whole, predict(model, image, output="logits").argmax(axis=2))
+        assert whole.max() < classes
     else:
-        assert whole.dtype == np.float32 and whole.shape[2] == FOREIGN[name][-1].out_channels \
-            if isinstance(FOREIGN[name], torch.nn.Sequential) else True
+        assert whole.dtype == np.float32 and whole.shape == (*grid, classes)
     if output == "probs":
         np.testing.assert_allclose(whole.sum(axis=2), 1.0, atol=1e-5)
 
