@@ -1,0 +1,125 @@
+"""The tile runner on its own: windows, batches of one shape, the reader/writer threads, errors, the journal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fcnkit.errors import InputError, ModelError
+from fcnkit.inference.plan import Tile
+from fcnkit.inference.runner import _batches, finish, forward_batch, read_batch, read_window, run_plan, to_model_input
+
+CPU = torch.device("cpu")
+
+
+def _tiles(height: int, width: int, side: int) -> list[Tile]:
+    """Tiles of a point-wise model (no halo, multiple 1): each reads, keeps and writes its own block."""
+    tiles = []
+    for y in range(0, height, side):
+        for x in range(0, width, side):
+            h, w = min(side, height - y), min(side, width - x)
+            tiles.append(Tile(id=len(tiles), out=((y, y + h), (x, x + w)), read=((y, y + h), (x, x + w)),
+                              keep=((0, h), (0, w)), padded=(h, w)))
+    return tiles
+
+
+class _Journal(np.ndarray):
+    """An output array with the resume journal's ``done``/``mark_done``; records the order of writes and marks."""
+
+    def __new__(cls, shape, dtype):
+        obj = np.zeros(shape, dtype).view(cls)
+        obj.events, obj.done = [], set()
+        return obj
+
+    def __setitem__(self, key, value):
+        self.events.append(("write", key))
+        super().__setitem__(key, value)
+
+    def mark_done(self, tile_id: int) -> None:
+        self.events.append(("done", tile_id))
+        self.done.add(tile_id)
+
+
+def test_read_window_gives_float32_channels_last_and_refuses_nan():
+    image = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    window = read_window(image, (1, 3), (2, 5))
+    assert window.shape == (2, 3, 1) and window.dtype == np.float32
+    np.testing.assert_array_equal(window[..., 0], image[1:3, 2:5])
+    bad = np.zeros((4, 4, 3), np.float32)
+    bad[2, 1, 0] = np.inf
+    with pytest.raises(InputError, match=r"image rows 0:4, cols 0:4 contain NaN or Inf; expected finite values"):
+        read_window(bad, (0, 4), (0, 4))
+    read_window(bad, (0, 2), (0, 4))  # a window without the bad pixel is fine
+
+
+def test_to_model_input_is_nchw_and_finish_reshapes_each_output_kind():
+    x = to_model_input(np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5), CPU, torch.float32)
+    assert x.shape == (2, 5, 3, 4) and x[1, 2, 0, 3] == 1 * 60 + 0 * 20 + 3 * 5 + 2
+    y = torch.randn(2, 4, 3, 5)
+    assert finish(y, "logits").shape == (2, 3, 5, 4)
+    torch.testing.assert_close(finish(y, "probs").sum(dim=3), torch.ones(2, 3, 5))
+    labels = finish(y, "labels")
+    assert labels.dtype == torch.uint8 and torch.equal(labels.long(), y.argmax(dim=1))
+    assert finish(torch.randn(1, 300, 2, 2), "labels").dtype == torch.int32
+    with pytest.raises(ModelError, match=r"the model returned \(2, 4\); expected a dense \(N, K, H, W\) tensor"):
+        finish(torch.zeros(2, 4), "logits")
+
+
+def test_batches_stack_only_tiles_of_one_shape():
+    tiles = _tiles(10, 10, 4)  # 4×4 interior tiles, 4×2 / 2×4 / 2×2 edge tiles
+    batches = list(_batches(sorted(tiles, key=lambda t: t.padded), 3))
+    assert all(len({t.padded for t in b}) == 1 and len(b) <= 3 for b in batches)
+    assert sorted(t.id for b in batches for t in b) == list(range(len(tiles)))
+    x = read_batch(np.ones((10, 10, 2), np.uint8), batches[-1], CPU, torch.float32)
+    assert x.shape == (len(batches[-1]), 2, *batches[-1][0].padded)
+
+
+def test_forward_batch_refuses_an_output_smaller_than_the_geometry_says():
+    tile = Tile(id=0, out=((0, 4), (0, 4)), read=((0, 4), (0, 4)), keep=((0, 4), (0, 4)), padded=(4, 4))
+    shrink = torch.nn.Conv2d(1, 2, 3)  # valid padding: 2×2 out of a 4×4 tile
+    with pytest.raises(ModelError, match=r"returned a \(2, 2\) output for a \(4, 4\) tile; expected at least"):
+        forward_batch(shrink, torch.zeros(1, 1, 4, 4), [tile], "logits")
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_run_plan_fills_every_tile_and_journals_after_writing(batch_size):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 2, 1).eval()
+    image = np.random.default_rng(0).integers(0, 256, (10, 13, 3)).astype(np.uint8)
+    tiles = _tiles(10, 13, 4)
+    out = _Journal((10, 13, 2), np.float32)
+    run_plan(model, image, tiles, output="logits", out=out, batch_size=batch_size, device=CPU,
+             dtype=torch.float32, journal=True, progress=False, stride=1)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(image).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(np.asarray(out), whole, atol=1e-5)
+    assert out.done == {t.id for t in tiles}
+    for tile in tiles:  # each tile is marked done only after its data was written
+        (y0, y1), (x0, x1) = tile.out
+        written = out.events.index(("write", (slice(y0, y1), slice(x0, x1))))
+        assert written < out.events.index(("done", tile.id))
+
+
+def test_run_plan_reraises_a_failing_read_on_the_callers_thread():
+    class Broken:
+        shape, dtype = (8, 8, 3), np.dtype(np.uint8)
+
+        def __getitem__(self, key):
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        run_plan(torch.nn.Conv2d(3, 2, 1), Broken(), _tiles(8, 8, 4), output="labels",
+                 out=np.zeros((8, 8), np.uint8), batch_size=1, device=CPU, dtype=torch.float32, journal=False,
+                 progress=False, stride=1)
+
+
+def test_run_plan_reraises_a_failing_write():
+    class ReadOnly(np.ndarray):
+        def __setitem__(self, key, value):
+            raise PermissionError("read-only output")
+
+    out = np.zeros((8, 8), np.uint8).view(ReadOnly)
+    with pytest.raises(PermissionError, match="read-only output"):
+        run_plan(torch.nn.Conv2d(3, 2, 1), np.zeros((8, 8, 3), np.uint8), _tiles(8, 8, 2), output="labels",
+                 out=out, batch_size=2, device=CPU, dtype=torch.float32, journal=False, progress=False, stride=1)
