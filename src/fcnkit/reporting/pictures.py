@@ -20,7 +20,8 @@ from fcnkit.errors import InputError
 from fcnkit.io.atomic import atomic_file
 from fcnkit.io.pixels import display_rgb
 
-COLORBAR_PX = 100  # width of the colour bar strip right of the image in a heat-map PNG
+COLORBAR_PX = 100  # width of the colour bar strip right of the image in a heat-map PNG (up to 1000 px tall)
+BAR_REFERENCE_PX = 1000  # taller pictures get a bar strip and labels scaled by round(height / 1000)
 MIN_SIDE_PX = 256  # small images are drawn enlarged by a whole factor so the shorter side reaches this
 
 
@@ -112,8 +113,9 @@ def heatmap(scores_or_model: nn.Module | np.ndarray | torch.Tensor, image: objec
     classifier, or a (K, H', W') / (1, K, H', W') score grid with ``window`` and ``stride`` given. Scores become
     probabilities with a softmax over K (``softmax=False`` takes them as they are), are upsampled to the image with
     window centres at ``stride*i + window/2`` (:func:`upsample_grid`), and, if ``out`` is given, drawn over the
-    image in ``cmap`` with a colour bar and saved as a PNG of ``(H*z) x (W*z + COLORBAR_PX)`` pixels, where the
-    zoom ``z`` is the smallest whole number making the shorter image side at least ``MIN_SIDE_PX``.
+    image in ``cmap`` with a colour bar and saved as a PNG of ``(H*z) x (W*z + COLORBAR_PX*b)`` pixels, where the
+    zoom ``z`` is the smallest whole number making the shorter image side at least ``MIN_SIDE_PX`` and the bar
+    scale ``b = max(1, round(H*z / BAR_REFERENCE_PX))`` keeps the bar readable on tall pictures.
     """
     if isinstance(scores_or_model, nn.Module):
         logits, window, stride = class_scores(scores_or_model, image)
@@ -146,16 +148,18 @@ def _save(out: str | os.PathLike, rgb: np.ndarray, heat: np.ndarray, *, cmap: st
     height, width = rgb.shape[:2]
     zoom = max(1, math.ceil(MIN_SIDE_PX / min(height, width)))
     image_w, total_h = width * zoom, height * zoom
-    total_w = image_w + COLORBAR_PX
+    # the colour bar grows with tall pictures, so its numbers stay readable when the PNG is viewed scaled to fit
+    scale = max(1, round(total_h / BAR_REFERENCE_PX))
+    total_w = image_w + COLORBAR_PX * scale
     dpi = 100
     fig = Figure(figsize=(total_w / dpi, total_h / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.0, 0.0, image_w / total_w, 1.0))
     ax.imshow(overlay(rgb, heat, cmap=cmap, alpha=alpha), interpolation="nearest")
     ax.set_axis_off()
-    bar = fig.add_axes(((image_w + 10) / total_w, 0.05, 14 / total_w, 0.9))
-    fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), cax=bar).set_label(label, fontsize=9)
-    bar.tick_params(labelsize=8)
+    bar = fig.add_axes(((image_w + 10 * scale) / total_w, 0.05, 14 * scale / total_w, 0.9))
+    fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), cax=bar).set_label(label, fontsize=9 * scale)
+    bar.tick_params(labelsize=8 * scale, width=scale, length=3.5 * scale)
     return write_png(fig, out, dpi=dpi)
 
 
