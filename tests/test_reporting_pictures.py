@@ -1,5 +1,5 @@
 """Pictures: heat maps (grid placement at window centres, colour overlays, the PNG, the heat where a pattern is),
-palette colours, label overlays, panels with a legend, training curves; sizes, colours and refusals."""
+palette colours, label overlays, panels with a legend; sizes, colours and refusals."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from torch import nn
 from fcnkit.convert import convolutionalize
 from fcnkit.errors import InputError
 from fcnkit.data import voc_palette
-from fcnkit.reporting.curves import read_metrics, training_curves
 from fcnkit.reporting.pictures import (COLORBAR_PX, IGNORE_RGB, PANEL_INCHES, as_rgb, colorize, heatmap, heatmap_panels,
                                        overlay, overlay_labels, panels, upsample_grid, write_png)
 
@@ -182,22 +181,6 @@ def test_heatmap_panels_grid(tmp_path) -> None:
     with pytest.raises(InputError, match=r"classes: expected class indices in \[0, 2\], got \[3\]"):
         heatmap_panels(tmp_path / "h.png", image, probs, window=(8, 8), stride=(16, 16), class_names=NAMES,
                        classes=[3])
-
-
-def test_training_curves_from_metrics_jsonl(tmp_path) -> None:
-    log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 5, "loss": 1.5, "mean_iu": 0.2, "pixel_accuracy": 0.7}\n'
-                   '{"step": 10, "loss": 0.9, "mean_iu": null, "pixel_accuracy": 0.8}\n')
-    assert [r["step"] for r in read_metrics(log)] == [5, 10]
-    out = training_curves(log, tmp_path / "c.png", losses={s: 2.0 / s for s in range(1, 11)}, title="run")
-    assert _png(out).shape[:2] == (360, 1000)
-    with pytest.raises(InputError, match=r"records: expected at least one evaluation record"):
-        training_curves([], tmp_path / "c.png")
-    with pytest.raises(InputError, match=r"expected the training log '.*missing.jsonl', found no such file"):
-        training_curves(tmp_path / "missing.jsonl", tmp_path / "c.png")
-    log.write_text('{"step": 5}\nnot json\n')
-    with pytest.raises(InputError, match=r"line 2 of '.*metrics.jsonl' is not JSON"):
-        read_metrics(log)
 
 
 def test_write_png_is_atomic_on_failure(tmp_path) -> None:
