@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnkit.data import check_split
+from fcnkit.data.common import check_split
 from fcnkit.errors import DataError
 
 __all__ = ["QUADRANTS", "NucleiDataset", "nuclei_files", "otsu_threshold", "read_nuclei"]
