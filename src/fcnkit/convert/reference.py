@@ -45,7 +45,8 @@ def sliding_window(classifier: nn.Module, image: object, *, window: int | Sequen
     ``image`` is a (N, C, H, W) tensor or one (H, W, C) / (H, W) array (values unchanged, as float32). Returns the
     (N, K, H', W') grid with ``H' = (H - h) // stride + 1``: cell (i, j) holds the scores of the window whose
     top-left pixel is ``(stride * i, stride * j)``. One classifier call per grid row (a batch of W' windows);
-    the classifier's train/eval mode is left as it is.
+    the classifier's train/eval mode is left as it is. ``window=fcn.exact_window`` gives the crops a
+    convolutionalized classifier equals exactly when a ``ceil_mode`` pooling made them larger than its window.
     """
     (h, w), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
     x = as_batch(image)
