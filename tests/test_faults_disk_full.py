@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,8 @@ from fcnkit.checkpoint import read_checkpoint, save_checkpoint
 from fcnkit.cli import main
 from fcnkit.errors import DiskFullError
 from fcnkit.io import journal as journal_module
+
+from faults_disk import small_disk
 
 IMAGE = np.random.default_rng(6).integers(0, 256, (512, 320, 3)).astype(np.uint8)
 
@@ -144,33 +144,23 @@ def test_enospc_while_writing_a_checkpoint_keeps_the_old_one(tmp_path, monkeypat
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real 2 MiB tmpfs, unmounted afterwards; skipped where mounting is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
+def disk(tmp_path):
+    with small_disk(tmp_path / "disk", "2m") as folder:
+        yield folder
 
 
 @pytest.mark.slow
-def test_a_real_full_filesystem_during_predict_then_resume_after_freeing_space(checkpoint, source, small_disk,
-                                                                               tmp_path, capsys):
-    ballast = small_disk / "ballast"
+def test_a_real_full_filesystem_during_predict_then_resume_after_freeing_space(checkpoint, source, disk, tmp_path,
+                                                                               capsys):
+    ballast = disk / "ballast"
     ballast.write_bytes(bytes(2 * 1024 * 1024 - 256 * 1024))  # leaves 256 KiB: less than the float32 logits need
-    out = small_disk / "logits.zarr"
+    out = disk / "logits.zarr"
     argv = [*_argv(checkpoint, source, out), "--output", "logits"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fcnkit: error: no space left on device while writing {out}.partial"), err
-    assert not out.exists() and (small_disk / "logits.zarr.journal").exists()
-    finished = len((small_disk / "logits.zarr.journal").read_text().splitlines()) - 1
+    assert not out.exists() and (disk / "logits.zarr.journal").exists()
+    finished = len((disk / "logits.zarr.journal").read_text().splitlines()) - 1
     assert 0 < finished < 40
 
     ballast.unlink()  # the user frees space
@@ -178,4 +168,4 @@ def test_a_real_full_filesystem_during_predict_then_resume_after_freeing_space(c
     fresh = tmp_path / "fresh.zarr"
     assert main([*_argv(checkpoint, source, fresh), "--output", "logits"]) == 0
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(fresh))[:])
-    assert sorted(p.name for p in small_disk.iterdir()) == ["logits.zarr"]
+    assert sorted(p.name for p in disk.iterdir()) == ["logits.zarr"]
