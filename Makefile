@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# A wheel index for torch, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu on a machine without a GPU (the
+# plain PyPI wheel of the pinned torch is the large CUDA build). Empty: pip's own configuration decides.
+TORCH_INDEX ?=
+PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: demo test install bench clean
 
@@ -13,7 +17,7 @@ $(BIN)/python:
 # Reinstall when the project's metadata or the pins change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet $(PIP_INDEX) -c constraints.txt -e ".[dev]"
 	# Packages that ship real trained weights and a real nuclei image; their own dependencies (torchvision,
 	# TensorFlow) are neither needed nor loadable with the CPU torch here, so they come without them.
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt facenet-pytorch stardist
