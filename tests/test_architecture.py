@@ -22,11 +22,12 @@ LAYERS: list[set[str]] = [
     {"errors", "signals"},
     {"io"},
     {"layers", "metrics", "losses", "data"},
-    {"models"},
     {"geometry"},
     {"convert"},
+    {"models"},  # above convert: fcn_on builds a segmentation FCN on a convolutionalized classifier
     {"inference", "checkpoint"},
     {"export", "distributed"},
+    {"loading"},
     {"training"},
     {"reporting"},
     {"demo"},
