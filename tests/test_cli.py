@@ -8,7 +8,7 @@ import pytest
 import fcnkit
 from fcnkit.cli import _commands, main
 
-# The subcommands DESIGN.md promises.
+# The subcommands the README promises.
 DESIGNED = ("demo", "train", "eval", "predict", "convert", "heatmap", "inspect", "export")
 
 

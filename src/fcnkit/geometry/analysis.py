@@ -32,7 +32,7 @@ __all__ = ["Geometry", "analyze", "probe_radius"]
 
 @dataclass(frozen=True)
 class Geometry:
-    """How output pixels relate to input pixels (DESIGN.md, "Exact tiling, the rule").
+    """How output pixels relate to input pixels (docs/design.md, "Exact tiling, the rule").
 
     ``receptive_field``: side of the input window one output pixel sees. ``output_stride``: input pixels per output
     pixel (1 for dense models). ``input_multiple``: D, tile origins and padded sizes must be multiples of it.

@@ -1,4 +1,4 @@
-"""Where the tiles go and how big they are: the exact-tiling rule of DESIGN.md, and the memory model.
+"""Where the tiles go and how big they are: the exact-tiling rule of docs/design.md, and the memory model.
 
 Exact tiling, per axis: output rows ``[a, b)`` read input rows ``[a·s − lo, b·s + hi)`` clipped to the image, with
 tile origins ``a·s`` multiples of D (= ``input_multiple``) and ``lo``/``hi`` multiples of D. A "same" network has
