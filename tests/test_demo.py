@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from ome_check import check_ome_zarr
 
 from fcnkit.cli import main
 from fcnkit.demo import MARKER, prepare_out
@@ -35,6 +36,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
                  "pictures/fcn8s/samples.png", "pictures/big_scene.png", "scene1024_labels.ome.zarr/zarr.json",
                  MARKER):
         assert (out / name).exists(), name
+    check_ome_zarr(out / "scene1024_labels.ome.zarr")
 
     # A second run into the same folder replaces the previous demo output rather than refusing it.
     (out / "stale.txt").write_text("from the first run")

@@ -25,6 +25,7 @@ from fcnkit.errors import DiskFullError
 from fcnkit.io import journal as journal_module
 
 from faults_disk import small_disk
+from ome_check import check_ome_zarr
 
 IMAGE = np.random.default_rng(6).integers(0, 256, (512, 320, 3)).astype(np.uint8)
 
@@ -124,6 +125,7 @@ def test_enospc_while_writing_an_output_then_resume_is_exact(checkpoint, source,
     np.testing.assert_array_equal(group["0"][:], reference[0])
     np.testing.assert_array_equal(group["1"][:], reference[1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.ome.zarr"]
+    check_ome_zarr(out)
 
 
 def test_enospc_while_writing_a_checkpoint_keeps_the_old_one(tmp_path, monkeypatch):

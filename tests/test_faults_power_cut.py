@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ome_check import check_ome_zarr
 
 import fcnkit
 from fcnkit.checkpoint import save_checkpoint
@@ -80,6 +81,7 @@ def test_an_ome_zarr_store_and_its_pyramid_are_synced_before_the_rename(tmp_path
     assert unsynced == [], f"published by the rename without an fsync first: {unsynced[:5]}"
     assert recorder.synced(tmp_path, after=rename), "the folder holding the new name was not synced after the rename"
     assert not (tmp_path / "labels.ome.zarr.journal").exists()
+    check_ome_zarr(target)
 
 
 def test_a_png_output_is_synced_before_its_rename_and_its_folder_after(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import pytest
 import tifffile
 import torch
 import zarr
+from ome_check import check_ome_zarr
 
 import fcnkit
 from fcnkit import predict
@@ -121,3 +122,4 @@ def test_predict_stops_after_the_tiles_in_flight_and_resume_equals_an_uninterrup
     assert not journal.exists()
     expected = predict(fcnkit.load_checkpoint(checkpoint), image, output="labels")
     np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], expected)
+    check_ome_zarr(out)

@@ -16,6 +16,7 @@ import pytest
 import tifffile
 import torch
 import zarr
+from ome_check import check_ome_zarr
 
 import fcnkit
 from fcnkit import predict
@@ -66,3 +67,4 @@ def test_a_second_predict_is_refused_and_a_killed_runs_lock_is_taken_over(checkp
     assert not lock.exists()
     expected = predict(fcnkit.load_checkpoint(checkpoint), image, output="labels")
     np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], expected)
+    check_ome_zarr(out)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from ome_check import check_ome_zarr
 
 from fcnkit.errors import InputError
 from fcnkit.io import open_image
@@ -72,6 +73,7 @@ def test_an_ome_zarr_view_pickles_as_its_opener(tmp_path):
     image = np.arange(20 * 16 * 3).reshape(20, 16, 3).astype(np.uint8)
     with create_output(tmp_path / "x.ome.zarr", image.shape, np.uint8, kind="image") as out:
         out[0:20, 0:16] = image
+    check_ome_zarr(tmp_path / "x.ome.zarr")
     again = pickle.loads(pickle.dumps(open_image(tmp_path / "x.ome.zarr")))
     assert again.source.endswith("x.ome.zarr/0")
     np.testing.assert_array_equal(again[:, :], image)
