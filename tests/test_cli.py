@@ -9,7 +9,7 @@ import fcnkit
 from fcnkit.cli import _commands, main
 
 # The subcommands the README promises.
-DESIGNED = ("demo", "train", "eval", "predict", "convert", "heatmap", "inspect", "export")
+DESIGNED = ("demo", "scene", "train", "eval", "report", "predict", "convert", "heatmap", "inspect", "export")
 
 
 def test_version(capsys):
