@@ -31,10 +31,11 @@ _LAZY = {
     "predict": "fcnkit.inference.tiled",
     "predict_tiled": "fcnkit.inference.tiled",
     "load_checkpoint": "fcnkit.checkpoint",
+    "load_model": "fcnkit.loading",
 }
 _SUBMODULES = {
-    "checkpoint", "convert", "data", "distributed", "export", "geometry", "inference", "io", "layers", "losses",
-    "metrics", "models", "reporting", "training",
+    "checkpoint", "convert", "data", "distributed", "export", "geometry", "inference", "io", "layers", "loading",
+    "losses", "metrics", "models", "reporting", "training",
 }
 
 __all__ = [
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from fcnkit.checkpoint import load_checkpoint
     from fcnkit.convert import convolutionalize
     from fcnkit.geometry.analysis import Geometry, analyze
+    from fcnkit.loading import load_model
     from fcnkit.models import build_model, list_models
     from fcnkit.inference.tiled import predict, predict_tiled
 

@@ -248,6 +248,9 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike, *, overwrite: 
     if not isinstance(spec, dict):
         raise ModelError(f"safetensors export: expected an fcnkit model with `fcnkit_spec`, found a plain "
                          f"{type(model).__name__}; build it with fcnkit.build_model so the file can rebuild it.")
+    if spec.get("format") == "onnx":
+        raise ModelError(f"safetensors export: expected a PyTorch model, found an ONNX model (from "
+                         f"'{spec.get('path')}'); it is exported already, use the .onnx file itself.")
     meta = getattr(model, "fcnkit_meta", None) or {}
     palette = meta.get("palette")
     header = {

@@ -11,7 +11,8 @@ fcnkit convert --checkpoint runs/digits/best.pt --input-size 32 32 --out runs/di
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a classifier .pt file written by `fcnkit train`")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a classifier .pt file written by `fcnkit train` (or its .safetensors export)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                         help="the window size the classifier was trained on (default: the model's input_size)")
     parser.add_argument("--out", required=True, help="the FCN checkpoint to write (.pt)")
@@ -19,13 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnkit.checkpoint import load_checkpoint, save_checkpoint
+    from fcnkit.checkpoint import save_checkpoint
     from fcnkit.convert import convolutionalize
     from fcnkit.errors import CheckpointError, InputError
     from fcnkit.io.atomic import check_target
+    from fcnkit.loading import load_model
 
     check_target(args.out, overwrite=args.overwrite)  # before any work, and before save_checkpoint's own mkdir
-    classifier = load_checkpoint(args.checkpoint)
+    classifier = load_model(args.checkpoint)
     if getattr(classifier, "output_kind", None) != "classifier":
         raise CheckpointError(f"--checkpoint {args.checkpoint}: expected a classifier checkpoint (N, K output), "
                               f"found a {getattr(classifier, 'output_kind', 'unknown')!r} model; convert a model "

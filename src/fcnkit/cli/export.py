@@ -18,7 +18,7 @@ FORMATS = ("onnx", "torchscript", "safetensors")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="a .pt checkpoint written by `fcnkit train` (or a .safetensors export)")
+                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export or an .onnx model")
     parser.add_argument("--format", required=True, choices=FORMATS, help="file format to write")
     parser.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     parser.add_argument("--size", nargs=2, type=int, default=(64, 64), metavar=("H", "W"),
@@ -37,12 +37,9 @@ def run(args: argparse.Namespace) -> int:
     if min(args.size) < 1:
         raise InputError(f"--size: expected a positive height and width, found {args.size[0]} {args.size[1]}; "
                          f"e.g. --size 64 64.")
-    if args.checkpoint.endswith(".safetensors"):
-        model = export.load_safetensors(args.checkpoint)
-    else:
-        from fcnkit.checkpoint import load_checkpoint
+    from fcnkit.loading import load_model
 
-        model = load_checkpoint(args.checkpoint)
+    model = load_model(args.checkpoint)
     in_channels = int(getattr(model, "fcnkit_spec", {}).get("in_channels", 3))
     if args.format == "safetensors":
         export.export_safetensors(model, out, overwrite=args.overwrite)

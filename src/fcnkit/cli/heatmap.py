@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from fcnkit.checkpoint import load_checkpoint
+    from fcnkit.loading import load_model
     from fcnkit.errors import InputError
     from fcnkit.io import read_image
     from fcnkit.io.atomic import check_target
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {args.out}: expected a path ending in .png, found another suffix; name the "
                          f"picture like heat.png.")
     check_target(args.out, overwrite=args.overwrite)
-    model = load_checkpoint(args.checkpoint)
+    model = load_model(args.checkpoint)
     image = read_image(args.input, mode="rgb")  # (H, W, 3) uint8
     if int(model.fcnkit_spec.get("in_channels", 3)) == 1:
         image = image.mean(axis=2, keepdims=True).astype(np.float32)

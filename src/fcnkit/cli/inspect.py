@@ -16,7 +16,9 @@ fcnkit inspect --checkpoint runs/scenes/best.pt --size 512 512"""
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", metavar="MODEL", help="a registered model name (see `fcnkit.list_models()`)")
-    parser.add_argument("--checkpoint", metavar="CKPT", help="inspect the model saved in this checkpoint instead")
+    parser.add_argument("--checkpoint", metavar="CKPT",
+                        help="inspect the model in this file instead: a .pt checkpoint, a .safetensors export or an "
+                             ".onnx model")
     parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
                         help="input size to run at (default 256 256, or a classifier's window)")
     parser.add_argument("--num-classes", type=int, default=21, metavar="K", help="classes for MODEL (default 21)")
@@ -30,13 +32,9 @@ def _load(args: argparse.Namespace):
         raise InputError("fcnkit inspect: expected exactly one of MODEL or --checkpoint CKPT, found "
                          f"{'both' if args.model else 'neither'}; e.g. `fcnkit inspect fcn8s`.")
     if args.checkpoint is not None:
-        if args.checkpoint.endswith(".safetensors"):
-            from fcnkit.export import load_safetensors
+        from fcnkit.loading import load_model
 
-            return load_safetensors(args.checkpoint)
-        from fcnkit.checkpoint import load_checkpoint
-
-        return load_checkpoint(args.checkpoint)
+        return load_model(args.checkpoint)
     from fcnkit.models import build_model
 
     if args.num_classes < 1:

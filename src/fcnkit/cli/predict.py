@@ -33,7 +33,8 @@ _OVERLAY_ALPHA = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a .pt file written by `fcnkit train`")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export or any .onnx model")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images: PNG, JPEG, TIFF/BigTIFF, .zarr, .ome.zarr")
     parser.add_argument("--out", required=True,
                         help="output file for one input (its suffix picks the format: .png, .zarr, .ome.zarr, .tif), "
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnkit.checkpoint import load_checkpoint
+    from fcnkit.loading import load_model
     from fcnkit.errors import InputError
 
     for name in ("tile", "batch_size"):
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_checkpoint(args.checkpoint, map_location="cpu")
+    model = load_model(args.checkpoint, map_location="cpu")
     targets = _targets([Path(p) for p in args.inputs], Path(args.out), args.out.endswith(("/", "\\")),
                        args.output, args.suffix)
     for source, target in targets:

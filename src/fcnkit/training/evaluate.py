@@ -106,12 +106,12 @@ def evaluate_checkpoint(
 
     Returns the four metrics, per-class ``iu``, ``class_names``, and ``images`` (how many images or windows).
     """
-    from fcnkit.checkpoint import load_checkpoint
+    from fcnkit.loading import load_model  # --checkpoint: a .pt, a .safetensors export or an .onnx model
     from fcnkit.data import open_dataset
     from fcnkit.errors import DataError
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_checkpoint(checkpoint, map_location=dev)
+    model = load_model(checkpoint, map_location=dev)
     kind = check_kind(model, f"checkpoint '{checkpoint}'")
     k = model.fcnkit_spec["num_classes"]
     if num_classes is not None and num_classes != k:

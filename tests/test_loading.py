@@ -1,0 +1,197 @@
+"""fcnkit.load_model: fcnkit checkpoints, safetensors exports and any ONNX model, through the API and the CLI.
+
+The ONNX files are exported here with fcnkit's own exporter (module-scoped: an export takes seconds)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fcnkit
+from fcnkit.checkpoint import save_checkpoint
+from fcnkit.errors import CheckpointError, InputError, NotExactError
+from fcnkit.export import export_onnx, export_safetensors
+from fcnkit.geometry.probe import probe_radius
+from fcnkit.loading import OnnxModel, load_model
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+class SqueezeExcite(nn.Module):
+    """A squeeze-and-excitation block (Hu et al. 2018): channel weights from the mean over the whole image."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(channels, 2, 1), nn.Conv2d(2, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(nn.functional.adaptive_avg_pool2d(x, 1)))))  # (N, C, 1, 1)
+        return x * s
+
+
+class SESegmenter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.se = SqueezeExcite(8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.se(torch.relu(self.conv(x / 255))))
+
+
+def _export(model: nn.Module, path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(model.eval(), path, sample_size=(40, 40))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """(torch model, its ONNX file): encoder_decoder from fcnkit's zoo (max-pooling, up-sampling, skips)."""
+    torch.manual_seed(0)
+    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125).eval()
+    return model, _export(model, tmp_path_factory.mktemp("onnx") / "encoder_decoder.onnx")
+
+
+@pytest.fixture(scope="module")
+def se_net(tmp_path_factory):
+    torch.manual_seed(0)
+    return _export(SESegmenter(), tmp_path_factory.mktemp("onnx") / "se.onnx")
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ---- fcnkit's own files --------------------------------------------------------------------------------------------
+
+
+def test_opens_checkpoints_and_safetensors_exports(tmp_path):
+    model = fcnkit.build_model("unet", num_classes=2, width=0.125).eval()
+    save_checkpoint(tmp_path / "m.pt", model=model, class_names=["a", "b"])
+    export_safetensors(model, tmp_path / "m.safetensors")
+    x = torch.rand(1, 3, 37, 29) * 255
+    with torch.no_grad():
+        expected = model(x)
+        for name in ("m.pt", "m.safetensors"):
+            loaded = load_model(tmp_path / name)
+            assert not loaded.training
+            torch.testing.assert_close(loaded(x), expected)
+    assert fcnkit.load_model is load_model
+
+
+def test_a_missing_or_damaged_file_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match=r"ONNX model '.*nothing\.onnx': expected an \.onnx file, found "
+                                              r"nothing; check the path"):
+        load_model(tmp_path / "nothing.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(CheckpointError, match=r"bad\.onnx': expected a valid ONNX file, found one onnxruntime "
+                                              r"cannot load .*; export it again"):
+        load_model(tmp_path / "bad.onnx")
+    with pytest.raises(CheckpointError, match="expected a .pt file written by `fcnkit train`"):
+        load_model(tmp_path / "nothing.pt")
+
+
+# ---- ONNX: a module that runs onnxruntime ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_onnx_model_equals_the_torch_model_for_any_batch(zoo):
+    model, path = zoo
+    onnx_model = load_model(path)
+    assert isinstance(onnx_model, OnnxModel) and onnx_model.fcnkit_spec["num_classes"] == 3
+    x = torch.rand(3, 3, 45, 61) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_model(x), model(x), atol=1e-4, rtol=0)
+    assert onnx_model(x[:0]).shape == (0, 3, 45, 61)
+    with pytest.raises(InputError, match=r"expected a \(N, C, H, W\) tensor, got \(3, 45, 61\); add the batch"):
+        onnx_model(x[0])
+    with pytest.raises(InputError, match="expected 3 input channels, got 1"):
+        onnx_model(x[:, :1])
+
+
+@pytest.mark.slow
+def test_onnx_zoo_model_tiles_exactly_like_the_whole_image(zoo):
+    model, path = zoo
+    onnx_model = load_model(path)
+    geometry = fcnkit.analyze(onnx_model)
+    assert geometry.local and geometry.method == "probed" and geometry.input_multiple == 8
+    # MaxPool runs as AveragePool in the probes: onnxruntime's MaxPool drops most NaNs, the stand-in drops none,
+    # so the measured radius is the torch model's own
+    assert geometry.receptive_field == 1 + 2 * probe_radius(model)
+    image = _image(75, 133)
+    whole = fcnkit.predict(onnx_model, image)
+    tiled = fcnkit.predict_tiled(onnx_model, image, tile=16)  # many tiles, the halo reaches across several
+    np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(whole, fcnkit.predict(model, image), atol=1e-4, rtol=0)
+    labels = fcnkit.distributed.predict_dask(onnx_model, image, output="labels", chunk=32).compute()
+    assert np.array_equal(labels, whole.argmax(2))
+
+
+@pytest.mark.slow
+def test_onnx_model_with_squeeze_excitation_is_refused_naming_the_operator(se_net):
+    model = load_model(se_net)
+    geometry = fcnkit.analyze(model)
+    assert not geometry.local
+    assert "pools the whole image" in geometry.nonlocal_reason or "spatial axes" in geometry.nonlocal_reason
+    operator = geometry.nonlocal_reason.split(" at node")[0]
+    assert operator in ("GlobalAveragePool", "ReduceMean")
+    image = _image(48, 40)
+    with pytest.raises(NotExactError, match=rf"tiled inference cannot equal the whole-image run: {operator} at node"):
+        fcnkit.predict_tiled(model, image, tile=16)
+    with pytest.warns(UserWarning, match=operator):
+        approximate = fcnkit.predict_tiled(model, image, tile=16, allow_inexact=True)
+    assert approximate.shape == (48, 40, 2)
+
+
+@pytest.mark.slow
+def test_fixed_size_onnx_graph_says_which_size_it_takes(tmp_path):
+    net = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 20, 24),), str(tmp_path / "fixed.onnx"), dynamo=True,
+                          verbose=False)
+    model = load_model(tmp_path / "fixed.onnx")
+    assert model.input_size == (20, 24) and model.one_at_a_time
+    x = torch.rand(2, 3, 20, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x), atol=1e-5, rtol=0)  # batch of 2 through a batch-1 graph
+    with pytest.raises(InputError, match=r"the graph takes only 20x24 inputs, got 30x24; export it with dynamic "
+                                         r"height and width"):
+        model(torch.rand(1, 3, 30, 24))
+
+
+@pytest.mark.slow
+def test_an_onnx_model_is_not_saved_as_a_checkpoint(zoo, tmp_path):
+    with pytest.raises(CheckpointError, match=r"found an ONNX model .* whose weights live in its \.onnx file"):
+        save_checkpoint(tmp_path / "x.pt", model=load_model(zoo[1]))
+
+
+# ---- the command line ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_predict_runs_an_onnx_model_into_ome_zarr_or_refuses_with_the_reason(zoo, se_net, tmp_path, capsys):
+    import tifffile
+    import zarr
+
+    from fcnkit.cli import main
+
+    image = _image(70, 90, seed=1)
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    out = tmp_path / "labels.ome.zarr"
+    assert main(["predict", "--checkpoint", zoo[1], str(tmp_path / "big.tif"), "--out", str(out), "--tile", "32",
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], fcnkit.predict(zoo[0], image, output="labels"))
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", se_net, str(tmp_path / "big.tif"), "--out", str(tmp_path / "se.ome.zarr"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fcnkit: error: ") and " at node " in err and "Traceback" not in err
