@@ -10,7 +10,7 @@ by the test.
 HOOK:
 - ``tiles``: after the N-th tile is journaled (the writer thread), wait until a SIGINT/SIGTERM asked for a stop.
 - ``evals``: after the N-th evaluation of ``fcnkit train`` (a metrics.jsonl line), wait the same way.
-- ``save-twice``: in the middle of the N-th checkpoint write, wait for a first signal, print ``REQUESTED``, then
+- ``save-twice``: in the middle of the N-th write of ``last.pt``, wait for a first signal, print ``REQUESTED``, then
   wait for a second one, which stops the run at once inside the write.
 """
 
@@ -53,6 +53,8 @@ def _hold_inside_nth_save(n: int) -> None:
     calls = [0]
 
     def save(payload, f, *args, **kwargs):
+        if ".last.pt." not in getattr(f, "name", ""):  # atomic_file's temporary for last.pt
+            return original(payload, f, *args, **kwargs)
         calls[0] += 1
         if calls[0] != n:
             return original(payload, f, *args, **kwargs)

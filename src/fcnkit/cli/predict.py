@@ -26,6 +26,7 @@ fcnkit predict --checkpoint best.pt slide.tif --out labels.ome.zarr --memory-lim
 """
 
 OUTPUTS = ("labels", "probs", "logits", "overlay")
+STOP_UNIT = "tile"  # SIGINT/SIGTERM finish the tiles in flight, then stop (fcnkit.signals)
 FOLDER_RULE = ("a PNG for overlays and for labels of PNG/JPEG inputs, an OME-Zarr for the rest (TIFF and zarr "
                "inputs, probabilities, logits)")
 _MAX_CHUNK = 1024  # output chunk side: large enough for throughput, small enough for viewers and pyramids
@@ -33,8 +34,7 @@ _OVERLAY_ALPHA = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export or any .onnx model")
+    parser.add_argument("--checkpoint", required=True, help="a .pt file written by `fcnkit train`")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images: PNG, JPEG, TIFF/BigTIFF, .zarr, .ome.zarr")
     parser.add_argument("--out", required=True,
                         help="output file for one input (its suffix picks the format: .png, .zarr, .ome.zarr, .tif), "
@@ -56,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnkit.loading import load_model
+    from fcnkit.checkpoint import load_checkpoint
     from fcnkit.errors import InputError
+    from fcnkit.signals import Interrupted
 
     for name in ("tile", "batch_size"):
         value = getattr(args, name)
@@ -71,12 +72,16 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(args.checkpoint, map_location="cpu")
+    model = load_checkpoint(args.checkpoint, map_location="cpu")
     targets = _targets([Path(p) for p in args.inputs], Path(args.out), args.out.endswith(("/", "\\")),
                        args.output, args.suffix)
-    for source, target in targets:
+    for finished, (source, target) in enumerate(targets):
         try:
             _predict_one(model, source, target, args)
+        except Interrupted as exc:
+            if len(targets) > 1:
+                exc.record(f"{finished} of {len(targets)} outputs were complete before", resumable=finished > 0)
+            raise
         except InputError as exc:
             # tiling's errors say "image …" (it does not know file names): say which file instead
             message = str(exc)
@@ -141,6 +146,7 @@ def _is_store(path: Path) -> bool:
 def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespace) -> None:
     from fcnkit.io import create_output, open_image, output_status
     from fcnkit.inference.tiled import plan_prediction
+    from fcnkit.signals import on_interrupt
 
     if args.resume and output_status(target) == "complete":
         if not args.quiet:
@@ -163,7 +169,7 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
     with create_output(target, plan.shape, plan.dtype, chunks=chunks, overwrite=args.overwrite, resume=args.resume,
                        kind=kind, palette=palette if kind == "labels" else None,
                        metadata={"source": source.name, "output": output, "class_names": meta.get("class_names")},
-                       plan_key=plan_key) as out:
+                       plan_key=plan_key) as out, on_interrupt(lambda: _saved(out, plan, args)):
         _compute(model, image, out, plan, output, args)
     if not args.quiet:
         seconds = time.perf_counter() - started
@@ -171,6 +177,14 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
         print(f"{target}: {plan.shape[0]}×{plan.shape[1]} {output}, {len(plan.tiles)} tiles of "
               f"{plan.tile[0]}×{plan.tile[1]} (halo {plan.halo}, {plan.overhead:.2f}× work), "
               f"{megapixels / seconds:.2f} MP/s")
+
+
+def _saved(out: Any, plan: Any, args: argparse.Namespace) -> str:
+    """What an interrupted prediction leaves: its finished tiles, journaled beside the partial output."""
+    from fcnkit.io.outputs import journal_path, partial_path
+
+    count = f"{len(out.done)} finished blocks" if args.scheduler else f"{len(out.done)} of {len(plan.tiles)} tiles"
+    return f"{count} of {out.path} are saved in {partial_path(out.path)} (journal {journal_path(out.path).name})"
 
 
 def _adapted(image: Any, model: Any, source: Path) -> Any:

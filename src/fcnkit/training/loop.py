@@ -12,10 +12,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +30,12 @@ from fcnkit.training import ddp as _ddp
 from fcnkit.checkpoint import capture_rng, load_state_strict, read_checkpoint, restore_rng, save_checkpoint
 from fcnkit.errors import CheckpointError, InputError
 from fcnkit.training.evaluate import check_kind, evaluate_dense, evaluate_windows, summary
-from fcnkit.io.atomic import atomic_file, check_target
+from fcnkit.io.atomic import atomic_file, check_target, make_dirs, writing
+from fcnkit.io.lock import WriterLock
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.training.config import TrainConfig, check_config
 from fcnkit.training.setup import Batches, add_windows, build_optimizer, init_from_checkpoint, open_data
+from fcnkit.signals import Interrupted, on_interrupt, requested_signal, stop_requested
 
 
 @dataclass
@@ -67,7 +71,7 @@ def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
 
 def _start_out(out: Path, *, fresh: bool) -> None:
     """Create the run folder; for a fresh run delete the files of the run it replaces (``overwrite``)."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)  # its entry in the parent folder is fsynced too: a power cut must not lose the whole run
     if fresh:
         for name in ("last.pt", "best.pt", "metrics.jsonl"):
             (out / name).unlink(missing_ok=True)
@@ -90,9 +94,17 @@ def _truncate_log(log: Path, step: int) -> None:
     """Drop evaluation lines written after ``step`` (by a run killed before it saved that step's checkpoint)."""
     if not log.is_file():
         return
-    lines = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    lines = [ln for ln in log.read_text().splitlines() if (n := _step_of(ln)) is not None and n <= step]
     with atomic_file(log, "w") as f:  # a kill while rewriting must not lose the lines that stay
         f.write("".join(ln + "\n" for ln in lines))
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for an empty line or one torn by a full disk or a kill."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -109,7 +121,10 @@ def train(config: TrainConfig) -> TrainResult:
     # Exact resume needs reproducible kernels; warn_only keeps ops without a deterministic variant usable.
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _Run(config, dist).run()
+        with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+            run = _Run(config, dist, held)
+            with on_interrupt(run.saved):
+                return run.run()
     finally:
         torch.use_deterministic_algorithms(deterministic)
         _ddp.teardown(dist)
@@ -118,9 +133,12 @@ def train(config: TrainConfig) -> TrainResult:
 class _Run:
     """One training run: set up once, then ``run()`` the step loop."""
 
-    def __init__(self, cfg: TrainConfig, dist: _ddp.Dist):
+    def __init__(self, cfg: TrainConfig, dist: _ddp.Dist, held: contextlib.ExitStack):
         self.cfg, self.dist, self.device = cfg, dist, dist.device
         self.out = Path(cfg.out)
+        self.held, self.locked, self.saved_step = held, False, None
+        if dist.is_main and self.out.is_dir():
+            self._lock()  # a second run on this folder is refused before it reads anything there
         resume_from = _check_out(cfg, self.out)
         _seed_everything(cfg.seed)
 
@@ -143,6 +161,7 @@ class _Run:
         self.eval_every = cfg.eval_every if cfg.eval_every is not None else max(1, self.steps // 5)
         # Only now, with the data, the model and --init-from checked, may an --overwrite delete the previous run.
         if dist.is_main:
+            self._lock()
             _start_out(self.out, fresh=resume_from is None)
         dist.barrier()  # nobody reads last.pt before rank 0 has set up the folder
 
@@ -168,7 +187,7 @@ class _Run:
         load_state_strict(self.model, ckpt["state_dict"], source=f"resume from '{path}'")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.step = int(ckpt["step"])
+        self.step = self.saved_step = int(ckpt["step"])
         extra = ckpt.get("extra", {})
         if extra.get("steps") != self.steps:
             raise CheckpointError(
@@ -203,13 +222,36 @@ class _Run:
                                    dist=self.dist)
         return summary(meter)
 
+    def _lock(self) -> None:
+        """Hold the run folder's lock (once) until train() returns: a second run on it is refused, naming this one."""
+        if not self.locked:
+            make_dirs(self.out)
+            self.held.enter_context(WriterLock.acquire(self.out / "train.lock", target=f"run folder {self.out}"))
+            self.locked = True
+
+    def saved(self) -> str | None:
+        """What a stopped run leaves to resume from (None before its first last.pt)."""
+        if self.saved_step is None:
+            return None
+        return f"step {self.saved_step} of {self.steps} is saved in {self.out / 'last.pt'}"
+
+    def _stop(self, metrics: dict | None) -> None:
+        """After SIGINT/SIGTERM: save last.pt at this step (unless it was just saved), then raise Interrupted."""
+        if self.dist.is_main and self.saved_step != self.step:
+            self._save("last.pt", metrics)
+        self.dist.barrier()
+        raise Interrupted(requested_signal() or signal.SIGTERM)
+
     def _save(self, name: str, metrics: dict | None) -> Path:
         extra = {"steps": self.steps, "best": self.best, "elapsed": self.elapsed, "window": list(self.window),
                  "config": {k: v for k, v in asdict(self.cfg).items() if k != "progress"}}
-        return save_checkpoint(
+        path = save_checkpoint(
             self.out / name, model=self.model, class_names=self.data.class_names, palette=self.data.palette,
             optimizer=self.optimizer, scheduler=self.scheduler, step=self.step, rng=capture_rng(),
             metrics=metrics, extra=extra)
+        if name == "last.pt":
+            self.saved_step = self.step
+        return path
 
     def run(self) -> TrainResult:
         from tqdm import tqdm
@@ -245,6 +287,8 @@ class _Run:
                 if self.dist.is_main:
                     self._save("last.pt", metrics)
                 self.dist.barrier()
+            if self.dist.mean(float(stop_requested())) > 0:  # SIGINT/SIGTERM: every rank stops after this step
+                self._stop(metrics)
         bar.close()
         if metrics is None:  # resumed a run that had already finished
             metrics = self._evaluate()
@@ -262,7 +306,7 @@ class _Run:
                   "time": round(self.elapsed, 3)}
         mean_iu = metrics["mean_iu"] if metrics["mean_iu"] is not None else -math.inf
         if self.dist.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with writing(self.out / "metrics.jsonl"), open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             if mean_iu > self.best:
                 self.best = mean_iu
