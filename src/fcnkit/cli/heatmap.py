@@ -1,8 +1,12 @@
-"""``fcnkit heatmap``: where does a class appear in an image? One pass of a convolutionalized classifier."""
+"""``fcnkit heatmap``: where does a class appear in an image? A convolutionalized classifier is an FCN, so it runs
+through the same exact, memory-bounded tiled path as ``fcnkit predict`` (``--tile``, ``--memory-limit``,
+``--device``)."""
 
 from __future__ import annotations
 
 import argparse
+
+MAX_PICTURE_SIDE = 4096  # larger images are drawn subsampled by a whole factor
 
 HELP = "draw a class heat map of an image with a classifier (convolutionalized on the fly) or its FCN checkpoint"
 EXAMPLE = """
@@ -13,12 +17,16 @@ fcnkit heatmap --checkpoint runs/digits/fcn.pt scene.png --out heat.png      # t
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a classifier or `fcnkit convert` .pt file")
-    parser.add_argument("input", metavar="INPUT", help="the image (PNG, JPEG, TIFF, ...)")
+    parser.add_argument("input", metavar="INPUT", help="the image (PNG, JPEG, TIFF/BigTIFF, .zarr, .ome.zarr)")
     parser.add_argument("--out", required=True, help="the PNG to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--class", dest="class_", metavar="K",
                         help="class index or name (default: the class with the highest probability anywhere, "
                              "other than 'background')")
+    parser.add_argument("--tile", type=int, help="tile side in pixels (default: the largest that fits in memory)")
+    parser.add_argument("--memory-limit", help="memory for the tiles, e.g. 4GB (default: half of the available memory)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _class_index(choice: str | None, names: list[str], probs) -> int:
@@ -38,32 +46,74 @@ def _class_index(choice: str | None, names: list[str], probs) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    """The classifier, convolutionalized, runs tile by tile like ``fcnkit predict`` (exact, memory bounded by the
+    tile); only the (K, H', W') probability grid and the picture are whole."""
     import torch
 
-    from fcnkit.loading import load_model
+    from fcnkit.convert import convolutionalize
     from fcnkit.errors import InputError
-    from fcnkit.io import read_image
+    from fcnkit.inference import plan_prediction, predict_tiled
+    from fcnkit.inference.inputs import model_input
+    from fcnkit.io import open_image
     from fcnkit.io.atomic import check_target
-    from fcnkit.reporting.pictures import class_scores, heatmap
+    from fcnkit.loading import load_model
+    from fcnkit.reporting.pictures import heatmap
 
     if not args.out.lower().endswith(".png"):
         raise InputError(f"--out {args.out}: expected a path ending in .png, found another suffix; name the "
                          f"picture like heat.png.")
+    if args.tile is not None and args.tile <= 0:
+        raise InputError(f"--tile: expected a positive number, found {args.tile}; leave it out to choose it from "
+                         f"memory.")
     check_target(args.out, overwrite=args.overwrite)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint)
-    image = read_image(args.input, mode="rgb")  # (H, W, 3) uint8
-    if int(model.fcnkit_spec.get("in_channels", 3)) == 1:
-        image = image.mean(axis=2, keepdims=True).astype(np.float32)
-    logits, window, stride = class_scores(model, image)  # (K, H', W')
-    if logits.shape[1] == 0 or logits.shape[2] == 0:
-        raise InputError(f"{args.input} is {image.shape[0]}x{image.shape[1]} pixels, expected at least the "
-                         f"classifier's {window[0]}x{window[1]} window; use a larger image or a classifier trained "
-                         f"on smaller windows.")
-    probs = torch.softmax(logits, dim=0)
-    names = model.fcnkit_meta["class_names"] or [str(k) for k in range(logits.shape[0])]
+    names = (getattr(model, "fcnkit_meta", None) or {}).get("class_names")
+    fcn = model if getattr(model, "output_kind", None) == "grid" else None
+    if fcn is None:
+        size = getattr(model, "input_size", None)
+        if size is None:
+            raise InputError(f"--checkpoint {args.checkpoint}: expected a classifier (with its input size) or a "
+                             f"convolutionalized classifier, found a {type(model).__name__}; use `fcnkit predict` "
+                             f"for a dense model.")
+        fcn = convolutionalize(model, input_size=tuple(size),
+                               in_channels=int(model.fcnkit_spec.get("in_channels", 3)))
+    window, stride = tuple(fcn.window), tuple(fcn.stride)
+    image = open_image(args.input)
+    height, width = int(image.shape[0]), int(image.shape[1])
+    if height < window[0] or width < window[1]:
+        raise InputError(f"{args.input} is {height}x{width} pixels, expected at least the classifier's "
+                         f"{window[0]}x{window[1]} window; use a larger image or a classifier trained on smaller "
+                         f"windows.")
+    adapted = model_input(fcn, image)
+    plan = plan_prediction(fcn, adapted, tile=args.tile, output="probs", device=device,
+                           memory_limit=args.memory_limit)
+    probs = predict_tiled(fcn, adapted, plan=plan, output="probs", progress=not args.quiet)  # (H', W', K)
+    probs = torch.from_numpy(probs).permute(2, 0, 1)  # (K, H', W')
+    names = names or [str(k) for k in range(probs.shape[0])]
     k = _class_index(args.class_, names, probs)
-    heatmap(logits, image, class_index=k, window=window, stride=stride, out=args.out, label=names[k])
+    picture, step = _picture(image)
+    heatmap(probs, picture, class_index=k, window=(window[0] / step, window[1] / step),
+            stride=(stride[0] / step, stride[1] / step), softmax=False, out=args.out, label=names[k])
+    shown = "" if step == 1 else f", drawn at 1/{step} scale"
     print(f"wrote {args.out}: class {k} ({names[k]}), peak probability {probs[k].max().item():.3f}, "
-          f"{logits.shape[1]}x{logits.shape[2]} windows of {window[0]}x{window[1]} at stride {stride[0]}")
+          f"{probs.shape[1]}x{probs.shape[2]} windows of {window[0]}x{window[1]} at stride {stride[0]}, "
+          f"{len(plan.tiles)} tiles of {plan.tile[0]}x{plan.tile[1]}{shown}")
     return 0
+
+
+def _picture(image) -> tuple[object, int]:
+    """The image to draw under the heat map, subsampled by a whole ``step`` so its longer side is at most
+    ``MAX_PICTURE_SIDE`` (a 6000x6000 picture is 100 MB of PNG and no clearer on a screen)."""
+    import math
+
+    import numpy as np
+
+    step = max(1, math.ceil(max(image.shape[0], image.shape[1]) / MAX_PICTURE_SIDE))
+    if step == 1:
+        return np.asarray(image[0 : image.shape[0], 0 : image.shape[1]]), 1
+    rows = []
+    band = 256 * step  # read in row bands: memory stays one band plus the picture
+    for y in range(0, image.shape[0], band):
+        rows.append(np.asarray(image[y : min(y + band, image.shape[0]), 0 : image.shape[1]])[::step, ::step])
+    return np.concatenate(rows, axis=0), step
