@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from fcnkit.errors import OutputError
-from fcnkit.io.atomic import writing
+from fcnkit.io.atomic import unwritable_reason, writing
 
 
 def lock_path(target: str | os.PathLike) -> Path:
@@ -82,8 +82,8 @@ class WriterLock:
                 with writing(path):
                     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as exc:
-                raise OutputError(f"cannot create the lock file {path} for {target} ({exc.strerror}); choose a "
-                                  f"writable location") from exc
+                raise OutputError(f"cannot write {target}: {unwritable_reason(path.parent, exc)} (its lock file "
+                                  f"{path.name} cannot be created); choose a writable location") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
