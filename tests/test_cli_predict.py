@@ -20,6 +20,7 @@ from PIL import Image
 import fcnkit
 from fcnkit.checkpoint import save_checkpoint
 from fcnkit.cli import main
+from fcnkit.reporting.legend import font_size, legend_strip
 from fcnkit.io import open_image, read_image
 from fcnkit.inference.tiled import predict
 
@@ -90,7 +91,21 @@ def test_overlay_blends_the_palette(checkpoint, tmp_path):
                  "--output", "overlay", "--quiet"]) == 0
     labels = _expected(checkpoint, image)
     expected = np.rint(0.5 * image + 0.5 * PALETTE[labels]).astype(np.uint8)
-    np.testing.assert_array_equal(np.asarray(Image.open(folder / "a.png").convert("RGB")), expected)
+    picture = np.asarray(Image.open(folder / "a.png").convert("RGB"))
+    np.testing.assert_array_equal(picture[:33], expected)
+    # below it, a legend of the classes it shows: their colours and names
+    present = np.unique(labels).tolist()
+    legend = legend_strip(21, [(["bg", "a", "b"][k], PALETTE[k]) for k in present])
+    np.testing.assert_array_equal(picture[33:], legend)
+
+
+def test_legend_strip_shows_each_colour_and_wraps():
+    entries = [("background", (0, 0, 0)), ("cell", (200, 10, 10)), ("nucleus", (10, 200, 10))]
+    wide, narrow = legend_strip(600, entries), legend_strip(60, entries)
+    assert wide.shape[1] == 600 and narrow.shape[1] == 60 and narrow.shape[0] > wide.shape[0]  # wrapped rows
+    for _, colour in entries:
+        assert (wide == np.array(colour, np.uint8)).all(axis=2).sum() >= 12 * 12 - 4 * 12  # a swatch, outline aside
+    assert font_size(6000) == 120 and font_size(100) == 12  # readable on large pictures viewed scaled down
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -259,3 +274,4 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(checkpoint, tmp_path):
     whole = _run([*argv[:-4], "--out", str(fresh), "--tile", "64"])
     assert whole.wait(timeout=300) == 0
     np.testing.assert_array_equal(labels, zarr.open_group(str(fresh))["0"][:])
+    check_ome_zarr(fresh)

@@ -253,12 +253,14 @@ def _previous_tile(target: Path) -> tuple[int, int] | None:
 
 
 def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any, args: argparse.Namespace) -> None:
-    """The image with each pixel's class colour blended in (50 %), written as an RGB PNG or TIFF."""
+    """The image with each pixel's class colour blended in (50 %) and a legend strip below it (colour and name of
+    each class shown), written as an RGB PNG or TIFF."""
     from fcnkit.data import voc_palette
     from fcnkit.errors import InputError
     from fcnkit.io import create_output
     from fcnkit.io.pixels import display_rgb
     from fcnkit.inference.tiled import predict_tiled
+    from fcnkit.reporting.legend import legend_strip
 
     height, width = image.shape[:2]
     if height * width > 64e6:
@@ -272,8 +274,12 @@ def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any
     colours = np.concatenate([colours, np.zeros((max(0, int(labels.max()) + 1 - len(colours)), 3), np.uint8)])
     picture = display_rgb(image[0:height, 0:width])
     blended = (1 - _OVERLAY_ALPHA) * picture + _OVERLAY_ALPHA * colours[labels]
-    with create_output(target, (height, width, 3), np.uint8, overwrite=args.overwrite or args.resume,
-                       kind="image") as out:
+    names = (getattr(model, "fcnkit_meta", None) or {}).get("class_names") or []
+    present = np.unique(labels).tolist()  # the legend lists the classes the picture shows
+    legend = legend_strip(width, [(names[k] if k < len(names) else f"class {k}", colours[k]) for k in present])
+    with create_output(target, (height + len(legend), width, 3), np.uint8, overwrite=args.overwrite or args.resume,
+                       kind="image", metadata={"class_names": names or None, "legend_rows": len(legend)}) as out:
         out[0:height, 0:width] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        out[height:, 0:width] = legend
     if not args.quiet:
         print(f"{target}: overlay of {height}×{width} labels")
