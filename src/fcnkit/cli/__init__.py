@@ -21,7 +21,7 @@ from fcnkit.errors import DiskFullError, FcnkitError
 from fcnkit.signals import GracefulStop, Interrupted
 
 # The order `fcnkit --help` lists them in; a module found but not named here is listed after these.
-ORDER = ("demo", "train", "eval", "predict", "convert", "heatmap", "inspect", "export")
+ORDER = ("demo", "scene", "train", "eval", "report", "predict", "convert", "heatmap", "inspect", "export")
 
 
 class _Parser(argparse.ArgumentParser):
