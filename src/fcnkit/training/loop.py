@@ -18,6 +18,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ from fcnkit.io.atomic import atomic_file, check_target, make_dirs, writing
 from fcnkit.io.lock import WriterLock
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.training.config import TrainConfig, check_config
-from fcnkit.training.setup import Batches, add_windows, build_optimizer, init_from_checkpoint, open_data
+from fcnkit.training.setup import (Batches, add_windows, build_optimizer, init_from_checkpoint, open_data,
+                                   resume_model_options)
 from fcnkit.signals import Interrupted, on_interrupt, requested_signal, stop_requested
 
 
@@ -143,10 +145,14 @@ class _Run:
         _seed_everything(cfg.seed)
 
         self.data = open_data(cfg)
+        if self.data.note and dist.is_main and not cfg.quiet:
+            print(f"fcnkit: note: {self.data.note}.", file=sys.stderr)
         self.num_classes = self.data.num_classes
         options = dict(cfg.model_options)
         if cfg.width is not None:
             options["width"] = cfg.width
+        if resume_from is not None:  # the run's own width and options, unless contradicted explicitly
+            options = resume_model_options(cfg, resume_from, options)
         from fcnkit.models import build_model
 
         self.model = build_model(cfg.model, num_classes=self.num_classes, **options)
@@ -245,10 +251,11 @@ class _Run:
     def _save(self, name: str, metrics: dict | None) -> Path:
         extra = {"steps": self.steps, "best": self.best, "elapsed": self.elapsed, "window": list(self.window),
                  "config": {k: v for k, v in asdict(self.cfg).items() if k != "progress"}}
+        resumable = name == "last.pt"  # best.pt is the file users share: weights and metadata, no optimizer state
         path = save_checkpoint(
             self.out / name, model=self.model, class_names=self.data.class_names, palette=self.data.palette,
-            optimizer=self.optimizer, scheduler=self.scheduler, step=self.step, rng=capture_rng(),
-            metrics=metrics, extra=extra)
+            optimizer=self.optimizer if resumable else None, scheduler=self.scheduler if resumable else None,
+            step=self.step, rng=capture_rng() if resumable else None, metrics=metrics, extra=extra)
         if name == "last.pt":
             self.saved_step = self.step
         return path

@@ -46,6 +46,7 @@ class TrainData:
     class_names: list[str]
     palette: np.ndarray
     train_windows: tuple[torch.Tensor, torch.Tensor] | None = None  # (N, 3, h, w) float, (N,) int64
+    note: str = ""  # what the user should know about the split (folder: data holding out its own validation images)
     val_windows: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
@@ -74,7 +75,31 @@ def open_data(cfg: TrainConfig) -> TrainData:
     if len(val) == 0:
         raise DataError(f"data {cfg.data}: expected validation images, found none; add images to the val split.")
     _check_patch_fits(train, cfg.patch)
-    return TrainData(train, val, train.num_classes, list(train.class_names), np.asarray(train.palette))
+    return TrainData(train, val, train.num_classes, list(train.class_names), np.asarray(train.palette),
+                     note=getattr(train, "note", ""))
+
+
+def resume_model_options(cfg: TrainConfig, path: Any, given: dict) -> dict:
+    """The model options of a resumed run: those saved in its ``last.pt``, so ``--resume`` needs no ``--width``
+    (or other option) repeated. ``given`` holds the options passed explicitly; one that differs from the saved value
+    is refused by name, as is another ``--model``."""
+    spec = read_checkpoint(path, map_location="cpu")["model"]
+    if spec.get("name") != cfg.model:
+        raise CheckpointError(f"resume: '{path}' holds a {spec.get('name')} model, found --model {cfg.model}; "
+                              f"resume with --model {spec.get('name')}, or pass --overwrite to start a new run.")
+    saved = dict(spec.get("options") or {})
+    conflicts = [k for k in given if k not in saved or saved[k] != given[k]]
+    if conflicts:
+        found = ", ".join(f"{_flag(k)} {given[k]}" for k in conflicts)
+        had = ", ".join(f"{k}={saved[k]}" if k in saved else f"{k} at its default" for k in conflicts)
+        raise CheckpointError(f"resume: '{path}' was trained with {had}, found {found}; leave "
+                              f"{'it' if len(conflicts) == 1 else 'them'} out (a resumed run takes its model options "
+                              f"from the checkpoint), or pass --overwrite to start over.")
+    return saved
+
+
+def _flag(option: str) -> str:
+    return "--width" if option == "width" else f"model_options[{option!r}]"
 
 
 def _check_patch_fits(train: Any, patch: int, probe: int = 16) -> None:
