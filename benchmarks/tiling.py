@@ -71,7 +71,7 @@ def in_memory(variant: str, size: int, monai_path: str = "", memory_limit: str |
         # have a neighbour), and the same for one interior tile of this shape
         info.update(tile=f"{th}×{tw}", halo=h, tiles=len(plan.tiles), overhead=plan.overhead,
                     interior_overhead=(min(th + 2 * h, size) * min(tw + 2 * h, size)) / (th * tw),
-                    memory_limit=memory_limit or "default (half of available)")
+                    memory_limit=memory_limit or "default")
         seconds, logits = timed(lambda: predict_tiled(model, image, memory_limit=memory_limit))
     elif variant == "crop_reference":
         # the whole-image run on a D-aligned crop centred on the first tile corner: its inside (one halo in from
@@ -103,11 +103,12 @@ def whole_image_estimate(size: int) -> float:
     runs: ``estimate_gib`` next to ``rss_gib``)."""
     import torch
 
-    from fcnkit.inference.tiled import _bytes_per_pixel, _geometry
+    from fcnkit.inference.model import prepare
+    from fcnkit.inference.shapes import bytes_per_pixel, geometry_of
 
-    model = _unet()
-    geometry = _geometry(model, 3)
-    per_pixel = _bytes_per_pixel(model, 3, geometry, torch.device("cpu"), "logits")
+    prepared = prepare(_unet(), device=torch.device("cpu"))
+    geometry = geometry_of(prepared, 3)
+    per_pixel = bytes_per_pixel(prepared, 3, geometry, "logits")
     side = -(-size // geometry.input_multiple) * geometry.input_multiple
     return per_pixel * side * side + BASE_RSS
 

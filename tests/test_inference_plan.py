@@ -11,7 +11,7 @@ import torch
 from tiling_models import foreign_models
 
 from fcnkit import InputError
-from fcnkit.inference.plan import TILE_SHARE, Margins, choose_tile, default_memory_limit, plan_axis_tiles, round_up
+from fcnkit.inference.plan import DEFAULT_BUDGET, TILE_SHARE, Margins, choose_tile, default_memory_limit, plan_axis_tiles, round_up
 from fcnkit.inference.tiled import plan_prediction, predict, predict_tiled
 
 SAME = Margins(multiple=16, stride=1, lo=112, hi=112)  # fcnkit's unet: D = 16, halo 112
@@ -75,12 +75,26 @@ def test_too_small_a_budget_names_the_smallest_tile():
         choose_tile((4096, 4096), (4096, 4096), SAME, bytes_per_pixel=1600.0, budget=100, batch_size=1)
 
 
-def test_default_budget_is_half_of_available_memory(monkeypatch):
+def test_default_budget_is_moderate_and_never_more_than_half_of_available_memory(monkeypatch):
     import psutil
 
     memory = namedtuple("memory", "available")
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(10 * 2**30))
-    assert default_memory_limit(torch.device("cpu")) == 5 * 2**30
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(64 * 2**30))
+    assert default_memory_limit(torch.device("cpu")) == DEFAULT_BUDGET == 2**30
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(1 * 2**30))
+    assert default_memory_limit(torch.device("cpu")) == 2**29
+
+
+def test_min_tiles_shares_an_image_that_fits_in_one_tile():
+    shape = (512, 512)
+    one = choose_tile(shape, shape, SAME, bytes_per_pixel=1.0, budget=_budget(1024 * 1024), batch_size=1)
+    assert one == (512, 512)
+    tile = choose_tile(shape, shape, SAME, bytes_per_pixel=1.0, budget=_budget(1024 * 1024), batch_size=1,
+                       min_tiles=4)
+    assert len(plan_axis_tiles(shape, shape, SAME, tile)) >= 4
+    # an image too small to share out: the least work for one worker
+    assert choose_tile((16, 16), (16, 16), SAME, bytes_per_pixel=1.0, budget=_budget(4096), batch_size=1,
+                       min_tiles=4) == (16, 16)
 
 
 def test_rectangular_tiles_stay_exact():

@@ -23,6 +23,8 @@ from fcnkit.inference.model import InferenceModel
 
 # Largest number of tiles per axis the planner considers: beyond that, tiles are so small that halo dominates.
 _MAX_SPLITS = 4096
+# The CPU budget when none is given (see default_memory_limit): tiles stay moderate, peak RSS below ~2 GiB.
+DEFAULT_BUDGET = 1 << 30
 # Fraction of the memory budget the tiles may take; the rest covers the read-ahead queue, the writer and numpy copies.
 TILE_SHARE = 0.7
 
@@ -116,18 +118,21 @@ def parse_memory(value: int | float | str, name: str = "memory_limit") -> int:
 
 
 def default_memory_limit(device: torch.device) -> int:
-    """Half of the memory available now (free GPU memory on CUDA).
+    """The budget when none is given: ``DEFAULT_BUDGET`` on CPU (half of the memory available now if that is less);
+    half of the free GPU memory on CUDA.
 
-    Half, because larger tiles cut the halo's extra work ((T+2h)/T per split axis) and a budget the whole image fits
-    in makes tiled inference one tile, the whole-image run; the other half is left to the rest of the machine. Of the
-    budget, ``TILE_SHARE`` goes to the tiles, the rest to the read-ahead and write queues.
+    Larger tiles cut the halo's extra work ((T+2h)/T per split axis), but on CPU they stop paying well before memory
+    runs out: multi-GiB activation buffers are faulted in and handed back to the kernel on every tile. Measured
+    (README, Benchmarks: benchmarks/tile_sweep.py; the issue's 20k² BigTIFF and 6000² JPEG runs): half of the
+    available memory gave 7.9 GiB peak RSS with as much kernel as user time and no speed gain, a 1 GiB budget the
+    same or better speed at 1.1-1.6 GiB. ``--memory-limit`` still trades memory for fewer, larger tiles.
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
     import psutil
 
-    return int(psutil.virtual_memory().available * 0.5)
+    return int(min(DEFAULT_BUDGET, psutil.virtual_memory().available * 0.5))
 
 
 class _LiveBytes(TorchDispatchMode):
