@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+import fcnkit
 from fcnkit.convert import convolutionalize
-from fcnkit.errors import InputError
 from fcnkit.data import voc_palette
+from fcnkit.errors import InputError
 from fcnkit.reporting.pictures import (COLORBAR_PX, IGNORE_RGB, PANEL_INCHES, as_rgb, colorize, heatmap, heatmap_panels,
                                        overlay, overlay_labels, panels, upsample_grid, write_png)
 
@@ -217,3 +218,16 @@ def test_as_rgb_follows_the_one_pixel_rule() -> None:
     np.testing.assert_array_equal(as_rgb(np.array([[0.0, 300.0]], np.float32))[0, :, 1], [0, 255])
     with pytest.raises(InputError, match=r"expected an \(H, W\) or \(H, W, C\) array, got shape \(4,\)"):
         as_rgb(np.zeros(4))
+
+
+def test_class_scores_take_16_bit_and_rgba_images_by_the_pixel_rule() -> None:
+    from fcnkit.reporting.pictures import class_scores
+
+    torch.manual_seed(0)
+    classifier = fcnkit.build_model("digit_classifier", num_classes=11, width=0.25).eval()
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 44, 3)).astype(np.uint8)
+    reference, window, stride = class_scores(classifier, rgb)
+    rgba16 = np.dstack([rgb.astype(np.uint16) * 257, np.full((40, 44, 1), 65535, np.uint16)])
+    logits, window16, stride16 = class_scores(classifier, rgba16)
+    torch.testing.assert_close(logits, reference)
+    assert (window16, stride16) == (window, stride)

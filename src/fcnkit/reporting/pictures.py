@@ -75,11 +75,16 @@ def upsample_grid(grid: np.ndarray, *, image_size: tuple[int, int], window: tupl
 def class_scores(model: nn.Module, image: object) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
     """Run a classifier (convolutionalized at its ``input_size``) or its FCN over an (H, W, C) image.
 
-    Returns the (K, H', W') logits, the window and the stride.
+    An array image goes in by the one pixel rule (:func:`fcnkit.inference.inputs.model_input`: grey, alpha and
+    16-bit converted as ``fcnkit.predict`` converts them); a (N, C, H, W) tensor as it is. Returns the (K, H', W')
+    logits, the window and the stride.
     """
     from fcnkit.convert import convolutionalize
     from fcnkit.convert.reference import as_batch
+    from fcnkit.inference.inputs import model_input
 
+    if not isinstance(image, torch.Tensor):
+        image = np.asarray(model_input(model, np.asarray(image)))
     x = as_batch(image)
     if getattr(model, "output_kind", None) != "grid":
         size = getattr(model, "input_size", None)
