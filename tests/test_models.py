@@ -43,8 +43,8 @@ def _expected_shape(model: torch.nn.Module, n: int, h: int, w: int) -> tuple[int
 
 
 def test_list_models_has_the_zoo():
-    assert MODELS == ["allconv_classifier", "digit_classifier", "encoder_decoder", "fcn16s", "fcn32s", "fcn8s",
-                      "heatmap_net", "segnet", "unet"]
+    assert MODELS == ["allconv_classifier", "digit_classifier", "encoder_decoder", "fcn16s", "fcn16s_on", "fcn32s",
+                      "fcn32s_on", "fcn8s", "fcn8s_on", "heatmap_net", "segnet", "unet"]
     assert fcnkit.list_models() == MODELS
     assert fcnkit.build_model is build_model
 
@@ -96,7 +96,8 @@ def test_common_surface(name):
     if model.output_kind in ("dense", "grid"):
         assert isinstance(model.multiple, int) and model.multiple >= 1
     spec = model.fcnkit_spec
-    assert spec == {"name": name, "num_classes": NUM_CLASSES, "in_channels": 3, "options": {"width": WIDTH}}
+    assert spec == {"name": name, "num_classes": NUM_CLASSES, "in_channels": 3,
+                    "options": {**model_options(name), "width": WIDTH}}
     assert json.loads(json.dumps(spec)) == spec
     rebuilt = build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                           **spec["options"])

@@ -36,6 +36,7 @@ class SegmentationDataset(Protocol):
     num_classes: int
     class_names: list[str]
     palette: np.ndarray
+    mirror_safe: bool  # whether a left-right mirrored item is still a valid item (training may flip patches)
 
     def __len__(self) -> int: ...
 

@@ -41,7 +41,9 @@ class PatchSampler:
             (image 0, label 255 = ignore).
         patch: N or (H, W).
         seed: the stream's seed (a non-negative integer).
-        flips: mirror left-right with probability 1/2.
+        flips: mirror left-right with probability 1/2; None (the default): only if the dataset says it is
+            ``mirror_safe`` (photos are; handwriting is not: a mirrored 2 is half a 5). A dataset without that
+            attribute counts as mirror-safe.
         scale_jitter: ``(low, high)`` range of the zoom factor (labels resized with nearest), or None.
         focus: probability that a patch is centred on a foreground pixel (label not 0 and not 255), which keeps
             mostly-background data from teaching "background everywhere" first; 0 for uniform crops.
@@ -63,7 +65,7 @@ class PatchSampler:
         patch: Any,
         *,
         seed: int = 0,
-        flips: bool = True,
+        flips: bool | None = None,
         scale_jitter: tuple[float, float] | None = (0.75, 1.25),
         focus: float = 0.5,
     ) -> None:
@@ -85,7 +87,7 @@ class PatchSampler:
         self.dataset = dataset
         self.patch = _patch_size(patch)
         self.seed = int(seed)
-        self.flips = bool(flips)
+        self.flips = bool(getattr(dataset, "mirror_safe", True) if flips is None else flips)
         self.scale_jitter = scale_jitter
         self._epoch_order: tuple[int, np.ndarray] | None = None
 

@@ -171,6 +171,7 @@ class DigitScenes:
     """
 
     num_classes = len(CLASS_NAMES)
+    mirror_safe = False  # handwriting is not mirror-symmetric: a mirrored 2 reads as half a 5
 
     def __init__(
         self, split: str = "train", *, size: int | tuple[int, int] = 256, count: int | None = None, seed: int = 0

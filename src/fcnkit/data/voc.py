@@ -58,6 +58,7 @@ class VOCSegmentation:
     255 = border, ignored). Every listed image and mask is checked to exist when the dataset is opened."""
 
     num_classes = len(VOC_CLASSES)
+    mirror_safe = True  # photos: a mirrored scene is still a scene, so training patches may be flipped
 
     def __init__(self, root: str | os.PathLike, split: str = "train") -> None:
         self.split = check_split(split)

@@ -13,8 +13,11 @@ from typing import Any
 import torch
 
 from fcnkit.errors import InputError
+from fcnkit.training.precision import PRECISIONS
 
-DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.01}
+DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.01}
+SCHEDULES = ("onecycle", "cosine", "poly")
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
 
 
 @dataclass
@@ -28,7 +31,9 @@ class TrainConfig:
     batch_size: int = 16
     steps: int | None = None
     epochs: int | None = None
-    lr: float | None = None  # None: DEFAULT_LR of the optimizer
+    lr: float | None = None  # None: DEFAULT_LR of the optimizer (the peak of the schedule)
+    schedule: str = "onecycle"  # onecycle | cosine | poly (training.setup.lr_factor)
+    warmup: int | None = None  # warm-up steps; None: 30% of the run for onecycle, 5% for cosine and poly
     optimizer: str = "adamw"
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -45,8 +50,11 @@ class TrainConfig:
     seed: int = 0
     val_size: int | None = None  # side of the built-in validation scenes (scenes only)
     val_count: int | None = None  # evaluate on the first val_count validation images (None: all)
-    amp: bool = True  # bf16 autocast, on CUDA only
-    progress: bool = True
+    precision: str = "auto"  # auto (bf16 autocast where the device has native bf16) | fp32 | bf16
+    mirror: bool | None = None  # flip patches left-right; None: if the dataset is mirror_safe
+    backbone: str | None = None  # a classifier checkpoint for the *_on transfer models (fcn8s_on, ...)
+    progress: bool | str = "auto"  # auto (a bar on a terminal, else a line every few seconds) | bar | lines | off
+    quiet: bool = False  # print nothing, not even the validation scores
 
 
 def _positive(value: Any, name: str, kind: type = int) -> None:
@@ -78,9 +86,28 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("val_size", "val_count"):
         if getattr(cfg, name) is not None:
             _positive(getattr(cfg, name), name)
+    if cfg.schedule not in SCHEDULES:
+        raise InputError(f"schedule: expected one of {', '.join(SCHEDULES)}, found {cfg.schedule!r}; pass "
+                         f"--schedule onecycle (the default), cosine or poly.")
+    if cfg.warmup is not None and (isinstance(cfg.warmup, bool) or not isinstance(cfg.warmup, int)
+                                   or cfg.warmup < 0):
+        raise InputError(f"warmup: expected a number of steps >= 0, found {cfg.warmup!r}; pass e.g. --warmup 100.")
+    if cfg.precision not in PRECISIONS:
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, found {cfg.precision!r}; pass "
+                         f"--precision auto (bf16 where the hardware has it), fp32 or bf16.")
+    if progress_mode(cfg) not in PROGRESS_MODES:
+        raise InputError(f"progress: expected one of {', '.join(PROGRESS_MODES)} (or True/False), found "
+                         f"{cfg.progress!r}.")
     if cfg.resume and cfg.init_from:
         raise InputError("resume and init_from: expected one of them, found both; --resume continues this run's "
                          "own last.pt, --init-from starts a new run from another checkpoint.")
     if cfg.device and torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device: expected an available device, found {cfg.device!r} without CUDA on this "
                          f"machine; pass --device cpu.")
+
+
+def progress_mode(cfg: TrainConfig) -> str:
+    """``cfg.progress`` as one of PROGRESS_MODES (True means "auto", False "off")."""
+    if isinstance(cfg.progress, bool):
+        return "auto" if cfg.progress else "off"
+    return cfg.progress

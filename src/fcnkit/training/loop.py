@@ -34,9 +34,11 @@ from fcnkit.training.evaluate import check_kind, evaluate_dense, evaluate_window
 from fcnkit.io.atomic import atomic_file, check_target, make_dirs, writing
 from fcnkit.io.lock import WriterLock
 from fcnkit.losses import pixel_cross_entropy
-from fcnkit.training.config import TrainConfig, check_config
+from fcnkit.training.config import TrainConfig, check_config, progress_mode
+from fcnkit.training.precision import autocast_dtype
+from fcnkit.training.progress import Progress
 from fcnkit.training.setup import (Batches, add_windows, build_optimizer, init_from_checkpoint, open_data,
-                                   resume_model_options)
+                                   resume_model_options, transfer_model)
 from fcnkit.signals import Interrupted, on_interrupt, requested_signal, stop_requested
 
 
@@ -153,9 +155,12 @@ class _Run:
             options["width"] = cfg.width
         if resume_from is not None:  # the run's own width and options, unless contradicted explicitly
             options = resume_model_options(cfg, resume_from, options)
-        from fcnkit.models import build_model
+        if cfg.backbone and resume_from is None:  # a resumed run rebuilds the backbone from its own spec
+            self.model = transfer_model(cfg, self.num_classes, options)
+        else:
+            from fcnkit.models import build_model
 
-        self.model = build_model(cfg.model, num_classes=self.num_classes, **options)
+            self.model = build_model(cfg.model, num_classes=self.num_classes, **options)
         self.kind = check_kind(self.model, f"model {cfg.model!r}")
         if self.kind == "classifier":
             add_windows(self.data, cfg, int(getattr(self.model, "input_size", (cfg.patch,))[0]))
@@ -175,6 +180,8 @@ class _Run:
         # (fcn8s, unet, segnet at width 0.25, 16 patches of 64x64, oneDNN).
         self.model.to(self.device, memory_format=torch.channels_last)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.steps)
+        self.autocast = autocast_dtype(cfg.precision, self.device)
+        self.precision = "bf16" if self.autocast is not None else "fp32"
         self.step, self.best, self.elapsed = 0, -math.inf, 0.0
         self.window = [0.0, 0]  # training-loss sum and count since the last evaluation
         if resume_from is not None:
@@ -199,6 +206,16 @@ class _Run:
             raise CheckpointError(
                 f"resume: '{path}' was written by a run of {extra.get('steps')} steps, found {self.steps} now; "
                 f"the learning-rate schedule depends on it, so resume with the same --steps/--epochs.")
+        before = extra.get("config", {})
+        for key in ("schedule", "warmup", "lr", "batch_size"):
+            if key in before and before[key] != getattr(self.cfg, key):
+                raise CheckpointError(
+                    f"resume: '{path}' was written with --{key.replace('_', '-')} {before[key]}, found "
+                    f"{getattr(self.cfg, key)} now; resume with the same value (or --overwrite to start over).")
+        if extra.get("precision", self.precision) != self.precision:
+            raise CheckpointError(
+                f"resume: '{path}' was trained in {extra['precision']}, this run would use {self.precision}; "
+                f"pass --precision {extra['precision']} so the resumed steps compute what the first ones did.")
         self.best, self.elapsed = extra["best"], extra["elapsed"]
         self.window = list(extra["window"])
         restore_rng(ckpt["rng"])
@@ -206,7 +223,8 @@ class _Run:
             _truncate_log(self.out / "metrics.jsonl", self.step)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.cfg.amp):
+        # bf16 autocast runs convolutions in bf16 where the hardware has it; weights, optimizer and loss stay fp32.
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             logits = self.net(x)
         return pixel_cross_entropy(logits.float(), y)
 
@@ -249,8 +267,8 @@ class _Run:
         raise Interrupted(requested_signal() or signal.SIGTERM)
 
     def _save(self, name: str, metrics: dict | None) -> Path:
-        extra = {"steps": self.steps, "best": self.best, "elapsed": self.elapsed, "window": list(self.window),
-                 "config": {k: v for k, v in asdict(self.cfg).items() if k != "progress"}}
+        extra = {"steps": self.steps, "precision": self.precision, "best": self.best, "elapsed": self.elapsed, "window": list(self.window),
+                 "config": {k: v for k, v in asdict(self.cfg).items() if k not in ("progress", "quiet")}}
         resumable = name == "last.pt"  # best.pt is the file users share: weights and metadata, no optimizer state
         path = save_checkpoint(
             self.out / name, model=self.model, class_names=self.data.class_names, palette=self.data.palette,
@@ -261,12 +279,10 @@ class _Run:
         return path
 
     def run(self) -> TrainResult:
-        from tqdm import tqdm
-
         cfg, losses, metrics = self.cfg, {}, None
         batches = Batches(self.data, cfg, self.dist, start_step=self.step)
-        bar = tqdm(total=self.steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
-                   desc=f"train {cfg.model}", unit="step", dynamic_ncols=True)
+        self.progress = Progress(f"train {cfg.model}", total=self.steps, initial=self.step, mode=progress_mode(cfg),
+                                 quiet=cfg.quiet or not self.dist.is_main)
         self.net.train()
         while self.step < self.steps:
             started = time.perf_counter()
@@ -286,8 +302,8 @@ class _Run:
             losses[self.step] = value
             self.window = [self.window[0] + value, self.window[1] + 1]
             self.elapsed += time.perf_counter() - started
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{cfg.batch_size / (time.perf_counter() - started):.1f}")
+            self.progress.update(self.step, loss=value,
+                                 img_s=f"{cfg.batch_size / (time.perf_counter() - started):.1f}")
             if self.step == self.steps or (self.eval_every and self.step % self.eval_every == 0):
                 metrics = self._evaluate_and_log()
             if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:
@@ -296,7 +312,7 @@ class _Run:
                 self.dist.barrier()
             if self.dist.mean(float(stop_requested())) > 0:  # SIGINT/SIGTERM: every rank stops after this step
                 self._stop(metrics)
-        bar.close()
+        self.progress.close()
         if metrics is None:  # resumed a run that had already finished
             metrics = self._evaluate()
         best = self.out / "best.pt"
@@ -312,6 +328,8 @@ class _Run:
         record = {"step": self.step, "loss": loss, **metrics, "lr": self.optimizer.param_groups[0]["lr"],
                   "time": round(self.elapsed, 3)}
         mean_iu = metrics["mean_iu"] if metrics["mean_iu"] is not None else -math.inf
+        self.progress.evaluation(self.step, metrics,
+                                 accuracy="window accuracy" if self.kind == "classifier" else "pixel accuracy")
         if self.dist.is_main:
             with writing(self.out / "metrics.jsonl"), open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -5,6 +5,8 @@ Kept apart from the step loop in :mod:`fcnkit.training.loop` so each reads on it
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,7 +140,7 @@ class Batches:
         if self.windows is None:
             from fcnkit.data import PatchSampler
 
-            self.sampler = PatchSampler(data.train, cfg.patch, seed=cfg.seed)
+            self.sampler = PatchSampler(data.train, cfg.patch, seed=cfg.seed, flips=cfg.mirror)
 
     def _window_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.windows
@@ -161,15 +163,39 @@ class Batches:
         return x, y.to(device, non_blocking=True)
 
 
+def warmup_steps(cfg: TrainConfig, steps: int) -> int:
+    """The warm-up length: ``cfg.warmup`` if given, else 30% of the run for one-cycle and 5% for cosine and poly."""
+    if cfg.warmup is not None:
+        return min(int(cfg.warmup), steps)
+    return int(round(steps * (0.3 if cfg.schedule == "onecycle" else 0.05)))
+
+
+def lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
+    """The learning rate at ``step`` (0-based) as a fraction of the peak: a linear warm-up from peak/25 over
+    ``warmup`` steps, then a cosine (``cosine``, ``onecycle``) or ``(1 - t)^0.9`` (``poly``) decay to 0.
+
+    One-cycle (Smith & Topin 2018) is this cosine decay after a long warm-up; poly is DeepLab/FCN practice.
+    """
+    if step < warmup:
+        return 0.04 + 0.96 * step / warmup
+    t = min(1.0, (step - warmup) / max(1, steps - warmup))
+    if schedule == "poly":
+        return (1.0 - t) ** 0.9
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
-    """SGD with momentum (or AdamW) and the poly schedule ``lr · (1 − step/steps)^0.9`` of DeepLab/FCN practice."""
+    """AdamW (or SGD with momentum) and the learning-rate schedule ``cfg.schedule`` (see :func:`lr_factor`)."""
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return opt, torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=steps, power=0.9)
+    warmup = warmup_steps(cfg, steps)
+    # A partial, not a lambda: LambdaLR's state_dict then stays plain data (a checkpoint holds no code).
+    schedule = functools.partial(lr_factor, steps=steps, warmup=warmup, schedule=cfg.schedule)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
 def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:
@@ -190,3 +216,18 @@ def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:
             f"fcn8s) with the same --width and --num-classes.")
     model.load_state_dict(copied, strict=False)
     return sorted(k for k in own if k not in copied)
+
+
+def transfer_model(cfg: TrainConfig, num_classes: int, options: dict) -> nn.Module:
+    """``cfg.model`` (fcn32s_on, fcn16s_on or fcn8s_on) built on the trained classifier in ``cfg.backbone``."""
+    from fcnkit.checkpoint import load_checkpoint
+    from fcnkit.models.transfer import TRANSFER_MODELS, fcn_on
+
+    if cfg.model not in TRANSFER_MODELS:
+        raise InputError(f"backbone: only the transfer models {', '.join(TRANSFER_MODELS)} start from a classifier, "
+                         f"found --model {cfg.model}; pass --model fcn8s_on, or leave --backbone out.")
+    if options:
+        raise InputError(f"backbone: the architecture comes from '{cfg.backbone}', found options {options} as well "
+                         f"(e.g. --width); leave them out.")
+    classifier = load_checkpoint(cfg.backbone)
+    return fcn_on(classifier, num_classes=num_classes, skips=TRANSFER_MODELS[cfg.model]).train()
