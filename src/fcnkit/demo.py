@@ -302,6 +302,10 @@ def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
     metrics, run = _segmentation(out, s, report, clock, log, progress=not quick)
     heat = _heatmaps(out, s, report, clock, log, progress=not quick)
     tiled = _tiled(out, s, run, report, clock, log, progress=not quick)
+    from fcnkit.reporting.faces import add_faces_section  # real trained weights on a real photo; says so if missing
+
+    with clock("faces in a real photo (R-Net)"):
+        add_faces_section(report, out, log=log)
     log("[4/4] writing the report")
     result = DemoResult(
         out=out, report=out / "report.html", metrics=metrics, class_names=run.class_names,

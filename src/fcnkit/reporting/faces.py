@@ -17,6 +17,7 @@ face is about one window wide), times the sliding-window loop it replaces and ad
 from __future__ import annotations
 
 import importlib.util
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -146,12 +147,14 @@ def add_faces_section(report: Any, out_dir: str | Path, *, log: Callable[[str], 
         fcn = convolutionalize(model, input_size=WINDOW).eval()
     notes = sorted({str(w.message) for w in caught})
     window, stride = tuple(fcn.window), tuple(fcn.stride)
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image, np.float32)).permute(2, 0, 1)[None]  # (1, 3, H, W)
     with torch.inference_mode():
-        fcn(x[:, :, :64, :64])  # warm-up: one-off allocations
-        started = time.perf_counter()
-        probs = fcn(x)[0]  # (2, H', W')
-        fcn_seconds = time.perf_counter() - started
+        fcn(x)  # warm-up: one-off allocations and kernel choices for this shape
+        fcn_seconds = math.inf
+        for _ in range(3):  # the best of three: one pass is short enough for another job's burst to dominate it
+            started = time.perf_counter()
+            probs = fcn(x)[0]  # (2, H', W')
+            fcn_seconds = min(fcn_seconds, time.perf_counter() - started)
         sliding_window(model, x[:, :, :window[0]], window=window, stride=stride)  # warm-up
         started = time.perf_counter()
         reference = sliding_window(model, x, window=window, stride=stride)[0]
@@ -176,7 +179,7 @@ def add_faces_section(report: Any, out_dir: str | Path, *, log: Callable[[str], 
     report.add_key_values("Faces: one pass vs sliding the window", {
         "photo": f"skimage.data.astronaut() × {scale} = {image.shape[0]}×{image.shape[1]}",
         "classifier": "MTCNN R-Net, 24×24 windows (facenet-pytorch 2.6.0 weights)",
-        "windows": windows, "one FCN pass (ms)": round(fcn_seconds * 1e3, 2),
+        "windows": windows, "one FCN pass (ms, best of 3)": round(fcn_seconds * 1e3, 2),
         "sliding-window loop (ms)": round(sliding_seconds * 1e3, 1),
         "speed-up": f"{sliding_seconds / fcn_seconds:.1f}×",
         "most face-like window, centre in the full-size photo (row, col)": f"{peak[0]:.0f}, {peak[1]:.0f}",
