@@ -108,3 +108,21 @@ def test_inspects_in_eval_mode_and_restores_training():
     report = inspect_model(model, size=(8, 8))
     assert report.geometry is not None and report.geometry["local"] is True
     assert model.training and model[1].training
+
+
+def test_report_says_how_the_geometry_was_obtained():
+    traced = format_report(inspect_model(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)), size=(8, 8)))
+    assert "obtained by:" in traced and "tracing the graph" in traced
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                return self.conv(x)
+            return self.conv(-x)
+
+    probed = format_report(inspect_model(Untraceable(), size=(8, 8)))
+    assert "obtained by:" in probed and "probing (" in probed

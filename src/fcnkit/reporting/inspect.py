@@ -217,6 +217,13 @@ def inspect_model(model: nn.Module, *, size: tuple[int, int] | None = None, in_c
     )
 
 
+def _method(g: dict) -> str:
+    """How the geometry was obtained: read from the traced graph, or measured by the probe (and why)."""
+    if g.get("method") == "probed":
+        return f"probing ({g.get('probe_reason') or 'no reason recorded'})"
+    return "tracing the graph" if g.get("method") == "traced" else "unknown"
+
+
 def _human(n: float) -> str:
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
@@ -250,6 +257,7 @@ def format_report(report: ModelReport) -> str:
             ("halo", f"{g['halo']} px"),
             ("padding", str(g["padding"])),
             ("local", "yes" if g["local"] else f"no: {g['nonlocal_reason']}"),
+            ("obtained by", _method(g)),
         ]
     else:
         summary.append(("geometry", f"not available: {report.geometry_note}"))
