@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a .pt checkpoint written by `fcnkit train`, a .safetensors export or any .onnx model")
     parser.add_argument("--data", required=True,
                         help="scenes | voc:ROOT | folder:ROOT (without ROOT/train and ROOT/val, the val split is every "
-                             "5th image, the images training held out)")
+                             "5th image, the images training held out) | nuclei[:QUADRANT]")
     parser.add_argument("--split", choices=("train", "val"), default="val", help="which split (default val)")
     parser.add_argument("--num-classes", type=int,
                         help="number of classes, checked against the checkpoint (default: the checkpoint's)")

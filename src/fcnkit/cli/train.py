@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name (see `fcnkit inspect --help` / list_models())")
     parser.add_argument("--data", required=True,
                         help="scenes | voc:ROOT | folder:ROOT (without ROOT/train and ROOT/val, every 5th image is "
-                             "held out for validation)")
+                             "held out for validation) | nuclei[:tl|tr|bl|br] (a real nuclei image, one quadrant "
+                             "held out)")
     parser.add_argument("--num-classes", type=int, help="number of classes (required for folder: data)")
     parser.add_argument("--patch", type=int, default=64, help="side of the square training patches (default 64)")
     parser.add_argument("--batch-size", type=int, default=16, help="global batch size (default 16)")
