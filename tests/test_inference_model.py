@@ -131,3 +131,22 @@ def test_bf16_labels_agree_with_fp32_on_a_trained_model(one_thread):
     bf16 = predict(model, image, output="labels", precision="bf16")
     # measured: 99.96% of the pixels (the rest sit on class boundaries where two logits are within bf16's step)
     assert (fp32 == bf16).mean() >= 0.999
+
+
+def test_cli_predict_precision_bf16(tmp_path, capsys):
+    import zarr
+
+    from fcnkit.checkpoint import save_checkpoint
+    from fcnkit.cli import main
+    from fcnkit.io import write_png
+
+    torch.manual_seed(0)
+    model = fcnkit.build_model("unet", num_classes=3, width=0.125).eval()
+    save_checkpoint(tmp_path / "m.pt", model=model)
+    image = _image(70, 52)
+    write_png(tmp_path / "in.png", image)
+    code = main(["predict", "--checkpoint", str(tmp_path / "m.pt"), str(tmp_path / "in.png"), "--out",
+                 str(tmp_path / "out.zarr"), "--output", "logits", "--precision", "bf16", "--tile", "32", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    got = np.asarray(zarr.open_array(str(tmp_path / "out.zarr"), mode="r"))
+    np.testing.assert_allclose(got, predict(model, image, precision="bf16"), rtol=0, atol=BF16_TILED_ATOL)

@@ -34,7 +34,8 @@ _OVERLAY_ALPHA = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a .pt file written by `fcnkit train`")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export or any .onnx model")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images: PNG, JPEG, TIFF/BigTIFF, .zarr, .ome.zarr")
     parser.add_argument("--out", required=True,
                         help="output file for one input (its suffix picks the format: .png, .zarr, .ome.zarr, .tif), "
@@ -44,10 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="suffix", metavar="SUFFIX",
                         help="suffix of every output in an --out folder: .png, .zarr, .ome.zarr or .tif "
                              "(default: per input, see --out)")
-    parser.add_argument("--tile", type=int, help="tile side in pixels (default: the largest that fits in memory)")
-    parser.add_argument("--memory-limit", help="memory for the tiles, e.g. 4GB (default: half of the available memory)")
+    parser.add_argument("--tile", type=int, help="tile side in pixels (default: the least work within --memory-limit)")
+    parser.add_argument("--memory-limit",
+                        help="memory for the tiles, e.g. 4GB (default 1GB on CPU, at most half of the available "
+                             "memory: peak RSS stays below ~2 GiB; more gives larger tiles, less halo work)")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: what fits)")
     parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available, else cpu)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="fp32 (default, exact), bf16 (faster where the CPU/GPU has bf16 units; outputs stay "
+                             "float32), auto (bf16 where native)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished tiles")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--scheduler", metavar="ADDRESS",
@@ -56,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnkit.checkpoint import load_checkpoint
+    from fcnkit.loading import load_model
     from fcnkit.errors import InputError
     from fcnkit.signals import Interrupted
 
@@ -72,22 +78,27 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_checkpoint(args.checkpoint, map_location="cpu")
+    model = load_model(args.checkpoint, map_location="cpu")
     targets = _targets([Path(p) for p in args.inputs], Path(args.out), args.out.endswith(("/", "\\")),
                        args.output, args.suffix)
-    for finished, (source, target) in enumerate(targets):
-        try:
-            _predict_one(model, source, target, args)
-        except Interrupted as exc:
-            if len(targets) > 1:
-                exc.record(f"{finished} of {len(targets)} outputs were complete before", resumable=finished > 0)
-            raise
-        except InputError as exc:
-            # tiling's errors say "image …" (it does not know file names): say which file instead
-            message = str(exc)
-            if not message.startswith("image ") or str(source) in message:
+    args.client = _distributed().connect(args.scheduler) if args.scheduler else None  # one cluster for all inputs
+    try:
+        for finished, (source, target) in enumerate(targets):
+            try:
+                _predict_one(model, source, target, args)
+            except Interrupted as exc:
+                if len(targets) > 1:
+                    exc.record(f"{finished} of {len(targets)} outputs were complete before", resumable=finished > 0)
                 raise
-            raise type(exc)(f"{source} {message[len('image '):]}") from exc
+            except InputError as exc:
+                # tiling's errors say "image …" (it does not know file names): say which file instead
+                message = str(exc)
+                if not message.startswith("image ") or str(source) in message:
+                    raise
+                raise type(exc)(f"{source} {message[len('image '):]}") from exc
+    finally:
+        if args.client is not None:
+            _distributed().close(args.client)
     return 0
 
 
@@ -155,8 +166,10 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
     image = _adapted(open_image(source), model, source)
     output = "labels" if args.output == "overlay" else args.output
     tile = args.tile if args.tile is not None else _previous_tile(target) if args.resume else None
+    # planned once: the output's chunks, the journal and the computation all follow this plan
+    min_tiles = _distributed().min_tiles(args.client) if args.client is not None else 1
     plan = plan_prediction(model, image, tile=tile, output=output, batch_size=args.batch_size, device=args.device,
-                           memory_limit=args.memory_limit)
+                           memory_limit=args.memory_limit, precision=args.precision, min_tiles=min_tiles)
     meta = getattr(model, "fcnkit_meta", {}) or {}
     palette = meta.get("palette")
     if args.output == "overlay":
@@ -164,7 +177,9 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
         return
     chunks = tuple(_chunk(side // plan.stride) for side in plan.tile)
     kind = "labels" if output == "labels" else "image"
-    plan_key = f"tile={plan.tile[0]}x{plan.tile[1]}" + (f";dask={args.scheduler}" if args.scheduler else "")
+    # tile ids are the same in this process and on any cluster: a run resumes on a restarted cluster or without one
+    plan_key = f"tile={plan.tile[0]}x{plan.tile[1]}" + (f";precision={plan.precision}" if plan.precision != "fp32"
+                                                        else "")
     started = time.perf_counter()
     with create_output(target, plan.shape, plan.dtype, chunks=chunks, overwrite=args.overwrite, resume=args.resume,
                        kind=kind, palette=palette if kind == "labels" else None,
@@ -202,17 +217,12 @@ def _adapted(image: Any, model: Any, source: Path) -> Any:
 def _compute(model: Any, image: Any, out: Any, plan: Any, output: str, args: argparse.Namespace) -> None:
     from fcnkit.inference.tiled import predict_tiled
 
-    if args.scheduler is None:
-        predict_tiled(model, image, tile=plan.tile, output=output, out=out, batch_size=plan.batch_size,
-                      device=args.device, progress=not args.quiet)
+    if args.client is None:
+        predict_tiled(model, image, plan=plan, output=output, out=out, progress=not args.quiet)
         return
     distributed = _distributed()
-    client = distributed.connect(args.scheduler)
-    try:
-        result = distributed.predict_dask(model, image, output=output, chunk=max(plan.tile))
-        distributed.predict_into(result, out, client=client, progress=not args.quiet)
-    finally:
-        distributed.close(client)
+    result = distributed.predict_dask(model, image, output=output, plan=plan, client=args.client)
+    distributed.predict_into(result, out, client=args.client, progress=not args.quiet)
 
 
 def _distributed() -> Any:
@@ -266,8 +276,7 @@ def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any
     if height * width > 64e6:
         raise InputError(f"--output overlay builds the whole {height}×{width} picture in memory; use --output labels "
                          f"(e.g. to .ome.zarr) for images above 64 megapixels.")
-    labels = predict_tiled(model, image, tile=plan.tile, output="labels", batch_size=plan.batch_size,
-                           device=args.device, progress=not args.quiet)
+    labels = predict_tiled(model, image, plan=plan, output="labels", progress=not args.quiet)
     s = plan.stride  # a heat-map grid: each label covers an s×s block of the image
     labels = np.repeat(np.repeat(labels, s, axis=0), s, axis=1)[:height, :width]
     colours = np.asarray(palette if palette is not None else voc_palette(256), np.uint8)
