@@ -57,6 +57,8 @@ def zoo(tmp_path_factory):
     """(torch model, its ONNX file): encoder_decoder from fcnkit's zoo (max-pooling, up-sampling, skips)."""
     torch.manual_seed(0)
     model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125).eval()
+    model.fcnkit_meta = {"class_names": ["sky", "sea", "boat"], "palette": np.array([[0, 0, 255], [0, 90, 0],
+                                                                                     [200, 0, 0]], np.uint8)}
     return model, _export(model, tmp_path_factory.mktemp("onnx") / "encoder_decoder.onnx")
 
 
@@ -107,6 +109,8 @@ def test_onnx_model_equals_the_torch_model_for_any_batch(zoo):
     model, path = zoo
     onnx_model = load_model(path)
     assert isinstance(onnx_model, OnnxModel) and onnx_model.fcnkit_spec["num_classes"] == 3
+    assert onnx_model.fcnkit_meta["class_names"] == ["sky", "sea", "boat"]  # from the export's metadata
+    assert onnx_model.fcnkit_meta["palette"].tolist() == [[0, 0, 255], [0, 90, 0], [200, 0, 0]]
     x = torch.rand(3, 3, 45, 61) * 255
     with torch.no_grad():
         torch.testing.assert_close(onnx_model(x), model(x), atol=1e-4, rtol=0)

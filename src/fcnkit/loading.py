@@ -109,7 +109,9 @@ class OnnxModel(nn.Module):
         self.nonlocal_operators = _whole_image_operators(self._bytes)
         self.fcnkit_spec = {"format": "onnx", "path": str(self.path), "num_classes": k,
                             "in_channels": channels or 3}
-        self.fcnkit_meta = {"class_names": None, "palette": None, "geometry": None, "step": None, "metrics": None}
+        names, palette = _exported_classes(self._session, k)
+        self.fcnkit_meta = {"class_names": names, "palette": palette, "geometry": None, "step": None,
+                            "metrics": None}
         self.eval()
 
     @staticmethod
@@ -191,6 +193,22 @@ class OnnxModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, in_channels={self.in_channels}, num_classes={self.fcnkit_spec['num_classes']}"
+
+
+def _exported_classes(session: Any, k: int) -> tuple[list[str] | None, np.ndarray | None]:
+    """Class names and (K, 3) uint8 palette from the ``fcnkit.class_names``/``fcnkit.palette`` metadata that
+    ``fcnkit export`` writes, when present and consistent with the K output channels."""
+    import json
+
+    stored = session.get_modelmeta().custom_metadata_map
+    try:
+        names = json.loads(stored.get("fcnkit.class_names", "null"))
+        palette = json.loads(stored.get("fcnkit.palette", "null"))
+    except json.JSONDecodeError:
+        return None, None
+    names = [str(n) for n in names] if isinstance(names, list) and len(names) == k else None
+    palette = np.asarray(palette, np.uint8) if isinstance(palette, list) and np.shape(palette) == (k, 3) else None
+    return names, palette
 
 
 def _graph(data: bytes) -> Any:
