@@ -221,3 +221,73 @@ def test_checker_passes_a_tree_without_cycles_and_flags_an_upward_import(tmp_pat
 ])
 def test_relative_imports_resolve(level, current, is_package, expected):
     assert _resolve("pixels", level, current, is_package) == expected
+
+
+# --- the picture of the module map in docs/design.md -----------------------------------------------------------------
+
+def package_edges(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Package-level arrows with every arrow that a longer path implies left out (the transitive reduction)."""
+    direct = {(_package(s), _package(t)) for s, ts in edges.items() for t in ts
+              if t != "fcnkit" and _package(s) != _package(t)}
+    succ: dict[str, set[str]] = {}
+    for a, b in direct:
+        succ.setdefault(a, set()).add(b)
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), list(succ.get(start, ()))
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(succ.get(node, ()))
+        return seen
+
+    return {(a, b) for a, b in direct if not any(b in reach(c) for c in succ[a] if c != b)}
+
+
+def module_map_svg(edges: dict[str, set[str]]) -> str:
+    """The layers as rows (the top layer on top), each package a box, each remaining arrow a line."""
+    width, row, box_w, box_h = 980, 64, 120, 26
+    rows = [sorted(members) for members in reversed(LAYERS)]
+    where = {}
+    for r, members in enumerate(rows):
+        for i, name in enumerate(members):
+            zigzag = (-1) ** r * 90 if len(members) == 1 else 0  # lone boxes alternate, so no arrow hides behind one
+            where[name] = ((i + 1) * width / (len(members) + 1) + zigzag, 30 + r * row)
+    label = {"__init__": "fcnkit (facade)", "__main__": "__main__"}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{30 + len(rows) * row}" '
+             f'font-family="sans-serif" font-size="13">',
+             '<defs><marker id="a" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" markerHeight="7" '
+             'orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#5b6b82"/></marker></defs>',
+             '<rect width="100%" height="100%" fill="white"/>']
+    for a, b in sorted(package_edges(edges)):
+        (x1, y1), (x2, y2) = where[a], where[b]
+        parts.append(f'<line x1="{x1:.0f}" y1="{y1 + box_h / 2:.0f}" x2="{x2:.0f}" y2="{y2 - box_h / 2:.0f}" '
+                     f'stroke="#5b6b82" stroke-opacity="0.6" marker-end="url(#a)"/>')
+    for name, (x, y) in sorted(where.items()):
+        folder = (SRC / "fcnkit" / name).is_dir()
+        text = label.get(name, name + ("/" if folder else ".py"))
+        parts.append(f'<rect x="{x - box_w / 2:.0f}" y="{y - box_h / 2:.0f}" width="{box_w}" height="{box_h}" '
+                     f'rx="5" fill="{"#dce6f4" if folder else "#f4efe2"}" stroke="#44546a"/>'
+                     f'<text x="{x:.0f}" y="{y + 4:.0f}" text-anchor="middle">{text}</text>')
+    parts.append("</svg>\n")
+    return "\n".join(parts)
+
+
+def test_the_module_map_draws_every_package_and_only_the_arrows_no_path_implies():
+    from xml.etree import ElementTree
+
+    edges = {"fcnkit.cli": {"fcnkit.io.images", "fcnkit.errors"}, "fcnkit.io.images": {"fcnkit.errors"},
+             "fcnkit.errors": set()}
+    assert package_edges(edges) == {("cli", "io"), ("io", "errors")}  # cli -> errors goes through io
+    svg = ElementTree.fromstring(module_map_svg(graph()))
+    boxes = [e for e in svg.iter() if e.tag.endswith("rect") and e.get("rx")]
+    lines = [e for e in svg.iter() if e.tag.endswith("line")]
+    assert len(boxes) == sum(len(members) for members in LAYERS)
+    assert len(lines) == len(package_edges(graph())) > 0
+
+
+if __name__ == "__main__":  # python tests/test_architecture.py docs/images/modules.svg
+    import sys
+
+    Path(sys.argv[1]).write_text(module_map_svg(graph()))
