@@ -62,6 +62,12 @@ def _assert_same_run(run: Path, reference: dict) -> None:
     assert not list(run.glob(".*.tmp")) and not (run / "train.lock").exists()
 
 
+def _error(stderr: str) -> str:
+    """The error at the end of stderr (training prints its validation scores there before it)."""
+    assert "fcnkit: error: " in stderr, stderr
+    return stderr[stderr.index("fcnkit: error: "):]
+
+
 def _child(hook: str, n: int, argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(CHILD), hook, str(n), *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -162,7 +168,7 @@ def test_a_full_disk_while_logging_metrics_leaves_no_torn_line_behind(reference,
     monkeypatch.setattr(loop_module, "open", fake_open, raising=False)
     assert main(argv) == 2
     monkeypatch.undo()
-    err = capsys.readouterr().err
+    err = _error(capsys.readouterr().err)
     assert err.startswith(f"fcnkit: error: no space left on device while writing {run / 'metrics.jsonl'}; free "
                           "space there and run the same command with --resume:\n")
     assert not (run / "metrics.jsonl").read_text().endswith("\n")  # the torn line is there
@@ -180,7 +186,7 @@ def test_a_real_full_filesystem_while_saving_a_checkpoint_then_resume(reference,
         run = disk / "run"
         argv = [*ARGS, "--checkpoint-every", "2", "--out", str(run)]
         assert main(argv) == 2
-        err = capsys.readouterr().err
+        err = _error(capsys.readouterr().err)
         assert re.match(rf"fcnkit: error: no space left on device while writing {run}/(last|best)\.pt; free space "
                         r"there and run the same command with --resume:\n", err), err
         assert read_checkpoint(run / "last.pt")["step"] == 2  # the previous checkpoint is whole
