@@ -123,3 +123,41 @@ def test_predict_stops_after_the_tiles_in_flight_and_resume_equals_an_uninterrup
     expected = predict(fcnkit.load_checkpoint(checkpoint), image, output="labels")
     np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], expected)
     check_ome_zarr(out)
+
+
+def test_dask_blocks_stop_at_a_safe_point_and_resume(tmp_path):
+    import dask.array as da
+
+    from fcnkit.inference.dask import predict_dask, predict_into
+    from fcnkit.io import create_output
+
+    torch.manual_seed(0)
+    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125).eval()
+    image = np.random.default_rng(1).integers(0, 256, (64, 48, 3)).astype(np.uint8)
+    lazy = predict_dask(model, da.from_array(image, chunks=32), output="labels", tile=16)
+    path = tmp_path / "labels.zarr"
+
+    class SignalAfterFirst:  # the scheduler's SIGTERM arrives while the first block is being written
+        def __init__(self, out):
+            self.out, self.shape, self.dtype = out, out.shape, out.dtype
+
+        @property
+        def done(self):
+            return self.out.done
+
+        def __setitem__(self, key, value):
+            self.out[key] = value
+
+        def mark_done(self, tile_id):
+            self.out.mark_done(tile_id)
+            if len(self.out.done) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with GracefulStop(unit="tile"), pytest.raises(Interrupted):
+        with create_output(path, lazy.shape, lazy.dtype, chunks=16) as out:
+            predict_into(lazy, SignalAfterFirst(out))
+    assert not path.exists() and len(out.done) == 1  # one block journaled, then the stop
+    with create_output(path, lazy.shape, lazy.dtype, chunks=16, resume=True) as out:
+        assert len(out.done) == 1
+        predict_into(lazy, out)
+    np.testing.assert_array_equal(zarr.open_array(str(path))[:], predict(model, image, output="labels"))

@@ -31,6 +31,7 @@ from fcnkit.inference.model import prepare
 from fcnkit.inference.plan import Tile
 from fcnkit.inference.runner import forward_batch, read_batch
 from fcnkit.inference.tiled import TilePlan, check_plan, plan_prediction
+from fcnkit.signals import safe_point
 
 TILES_PER_THREAD = 2  # on a cluster, at least this many tiles per worker thread when the image allows
 
@@ -209,6 +210,7 @@ def predict_into(result, out, *, client=None, progress: bool = False) -> None:
             out.mark_done(tile_id)
         if bar is not None:
             bar.update(1)
+        safe_point()  # after SIGINT/SIGTERM: stop once this block is written and journaled
 
     if client is None:
         for tile_id, ij in todo:
