@@ -322,6 +322,8 @@ def create_output(
 
     An existing target (or a partial one left by an interrupted run) is refused unless ``overwrite`` (start again;
     the old target is replaced only by ``close()``) or ``resume`` (continue; tiles in ``out.done`` are finished).
+    While the output is open it holds ``<target>.lock`` (:mod:`fcnkit.io.lock`): another process creating the same
+    output is refused, naming this one, until ``close()`` or an error releases it.
 
     >>> with create_output("slide.ome.zarr", (40000, 30000), "uint8", palette=pal) as out:   # doctest: +SKIP
     ...     out[0:512, 0:512] = labels_tile
