@@ -161,3 +161,39 @@ def test_dask_blocks_stop_at_a_safe_point_and_resume(tmp_path):
         assert len(out.done) == 1
         predict_into(lazy, out)
     np.testing.assert_array_equal(zarr.open_array(str(path))[:], predict(model, image, output="labels"))
+
+
+def test_a_stop_in_the_second_of_two_inputs_says_so_and_resume_skips_the_first(checkpoint, tmp_path, monkeypatch,
+                                                                              capfd):
+    from PIL import Image
+
+    from fcnkit.io import journal as journal_module
+
+    images = [np.random.default_rng(seed).integers(0, 256, (40, 32, 3)).astype(np.uint8) for seed in (1, 2)]
+    for name, image in zip("ab", images):
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    argv = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out",
+            f"{out}/", "--format", ".zarr", "--tile", "16", "--quiet"]
+    real_append = journal_module.Journal.append
+
+    def append(self, tile_id):  # SIGTERM once the second output has its first tile
+        real_append(self, tile_id)
+        if self.path.name == "b.zarr.journal" and len(self.done) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(journal_module.Journal, "append", append)
+    assert main(argv) == 143
+    monkeypatch.undo()
+    err = capfd.readouterr().err.splitlines()
+    saved = len((out / "b.zarr.journal").read_text().splitlines()) - 1
+    assert err[-2] == (f"fcnkit: stopped by SIGTERM; {saved} of 6 tiles of {out / 'b.zarr'} are saved in "
+                       f"{out / 'b.zarr.partial'} (journal b.zarr.journal); 1 of 2 outputs were complete before")
+    assert err[-1] == f"fcnkit: to continue, run: {shlex.join(['fcnkit', *argv, '--resume'])}"
+    assert (out / "a.zarr").is_dir() and not (out / "b.zarr").exists()
+
+    assert main([*argv, "--resume"]) == 0
+    model = fcnkit.load_checkpoint(checkpoint)
+    for name, image in zip("ab", images):
+        np.testing.assert_array_equal(zarr.open_array(str(out / f"{name}.zarr"))[:],
+                                      predict(model, image, output="labels"))
