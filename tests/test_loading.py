@@ -173,6 +173,26 @@ def test_fixed_size_onnx_graph_says_which_size_it_takes(tmp_path):
 
 
 @pytest.mark.slow
+def test_onnx_model_pickles_for_dask_workers_and_copies_share_the_session(zoo):
+    import copy
+    import pickle
+
+    model = load_model(zoo[1])
+    x = torch.rand(1, 3, 24, 40) * 255
+    revived = pickle.loads(pickle.dumps(model))  # what a distributed worker receives
+    torch.testing.assert_close(revived(x), model(x), atol=0, rtol=0)
+    assert copy.deepcopy(model)._session is model._session
+    import onnx
+
+    def pools(m: OnnxModel) -> set[str]:
+        return {n.op_type for n in onnx.load_from_string(m._bytes).graph.node if n.op_type.endswith("Pool")}
+
+    stand_in = model.fcnkit_probe_stand_in()
+    assert pools(model) == {"MaxPool"} and pools(stand_in) == {"AveragePool"}
+    assert pools(copy.deepcopy(stand_in)) == {"AveragePool"}  # a copy of the stand-in stays the stand-in
+
+
+@pytest.mark.slow
 def test_an_onnx_model_is_not_saved_as_a_checkpoint(zoo, tmp_path):
     with pytest.raises(CheckpointError, match=r"found an ONNX model .* whose weights live in its \.onnx file"):
         save_checkpoint(tmp_path / "x.pt", model=load_model(zoo[1]))
