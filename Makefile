@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_scenes.py --steps 1500 --models fcn32s fcn16s fcn8s --out benchmarks/results/train_scenes_1500.json
 	$(BIN)/python benchmarks/train_scenes.py --steps 600
 	$(BIN)/python benchmarks/ddp_scaling.py
+	$(BIN)/python benchmarks/nuclei.py --held-out tl --steps 600
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
