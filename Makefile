@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/model_table.py
 	$(BIN)/python benchmarks/convolutionalize.py
 	$(BIN)/python benchmarks/tiling.py --monai-path /tmp/monai
+	$(BIN)/python benchmarks/precision.py --monai-path /tmp/monai --compile
+	$(BIN)/python benchmarks/tile_sweep.py
 	$(BIN)/python benchmarks/train_scenes.py --steps 1500 --models fcn32s fcn16s fcn8s --out benchmarks/results/train_scenes_1500.json
 	$(BIN)/python benchmarks/train_scenes.py --steps 600
 	$(BIN)/python benchmarks/ddp_scaling.py
