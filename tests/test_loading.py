@@ -205,6 +205,7 @@ def test_an_onnx_model_is_not_saved_as_a_checkpoint(zoo, tmp_path):
 def test_cli_predict_runs_an_onnx_model_into_ome_zarr_or_refuses_with_the_reason(zoo, se_net, tmp_path, capsys):
     import tifffile
     import zarr
+    from ome_check import check_ome_zarr
 
     from fcnkit.cli import main
 
@@ -214,6 +215,7 @@ def test_cli_predict_runs_an_onnx_model_into_ome_zarr_or_refuses_with_the_reason
     assert main(["predict", "--checkpoint", zoo[1], str(tmp_path / "big.tif"), "--out", str(out), "--tile", "32",
                  "--quiet"]) == 0
     np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], fcnkit.predict(zoo[0], image, output="labels"))
+    check_ome_zarr(out)
     capsys.readouterr()
     assert main(["predict", "--checkpoint", se_net, str(tmp_path / "big.tif"), "--out", str(tmp_path / "se.ome.zarr"),
                  "--quiet"]) == 2
