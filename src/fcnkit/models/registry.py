@@ -81,7 +81,7 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3, **options:
     if unknown:
         raise ModelError(f"model {name!r}: unknown option {unknown[0]!r}; "
                          f"expected options: {', '.join(defaults) or '(none)'}.")
-    if "width" in options:
+    if options.get("width") is not None:  # None: a model whose width comes from elsewhere (a transfer backbone)
         check_width(options["width"])
     resolved = {**defaults, **options}
     try:

@@ -102,9 +102,11 @@ def _score_node(gm: fx.GraphModule) -> fx.Node:
         node = node.all_input_nodes[0]
     module = gm.get_submodule(node.target) if isinstance(node, fx.Node) and node.op == "call_module" else None
     if not (isinstance(module, nn.Conv2d) and _pair(module.kernel_size) == (1, 1)):
-        raise ModelError("fcn_on: expected a classifier that ends with a Linear layer (a 1x1 convolution once "
-                         f"convolutionalized), found {type(module).__name__ if module else node}; give a classifier "
-                         "whose last layer maps features to class scores.")
+        found = (f"a {_pair(module.kernel_size)} convolution (a single Linear layer on the flattened features)"
+                 if isinstance(module, nn.Conv2d) else f"'{getattr(node, 'name', node)}'")
+        raise ModelError(f"fcn_on: expected a classifier whose last Linear layer maps hidden features to class "
+                         f"scores (a 1x1 convolution once convolutionalized), found {found}; give it a hidden Linear "
+                         f"layer, or build the segmentation net by hand.")
     return node
 
 
@@ -221,13 +223,15 @@ class TransferFCN(nn.Module):
                 f"margin={self.margin}")
 
 
-def fcn_on(classifier: nn.Module, *, num_classes: int, skips: int = 2, input_size: Any = None) -> TransferFCN:
+def fcn_on(classifier: nn.Module, *, num_classes: int, skips: int = 2, input_size: Any = None,
+           in_channels: int | None = None) -> TransferFCN:
     """A segmentation FCN on ``classifier``: FCN-32s (``skips=0``), -16s (1) or -8s (2) style (see module doc).
 
     ``classifier`` is a window classifier that :func:`fcnkit.convolutionalize` accepts (its training window from
     ``input_size`` or its own ``input_size`` attribute), or its convolutionalized FCN. Its weights are copied;
     if it scores ``num_classes`` classes its last layer becomes the score layer. When the classifier has an
-    ``fcnkit_spec`` the result has one too, so ``save_checkpoint``/``load_checkpoint`` rebuild it.
+    ``fcnkit_spec`` the result has one too, so ``save_checkpoint``/``load_checkpoint`` rebuild it. ``in_channels``
+    defaults to the classifier's (its spec, its ``in_channels`` attribute, else 3).
     """
     from fcnkit.convert import ConvolutionalizedNet, convolutionalize
 
@@ -247,7 +251,8 @@ def fcn_on(classifier: nn.Module, *, num_classes: int, skips: int = 2, input_siz
             raise ModelError(f"fcn_on: the training window of {type(classifier).__name__} is unknown; pass "
                              f"input_size=(H, W), the window it was trained on.")
         input_size = [int(v) for v in size]
-        in_channels = int(spec["in_channels"]) if spec else int(getattr(classifier, "in_channels", 3))
+        if in_channels is None:
+            in_channels = int(spec["in_channels"]) if spec else int(getattr(classifier, "in_channels", 3))
         fcn = convolutionalize(classifier, input_size=tuple(input_size), in_channels=in_channels)
     model = TransferFCN(fcn, num_classes=num_classes, skips=skips)
     if spec is not None:
