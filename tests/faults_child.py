@@ -2,7 +2,7 @@
 
     python tests/faults_child.py HOOK N ARGV...
 
-At the point, the child prints ``FAULT-POINT`` on stdout and waits for the test to act (a signal; another process
+At the point, the child prints ``FAULT-POINT <pid>`` on stdout and waits for the test to act (a signal; another process
 started meanwhile; a kill). The test reads that line instead of sleeping or polling, so the fault always lands at
 the same place. Nothing in fcnkit is changed beyond the one function wrapped below; the signals are real ones sent
 by the test.
@@ -16,12 +16,13 @@ HOOK:
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
 
 def _point() -> None:
-    print("FAULT-POINT", flush=True)
+    print(f"FAULT-POINT {os.getpid()}", flush=True)  # the pid: under torchrun the test signals the workers too
 
 
 def _wait_for_stop() -> None:

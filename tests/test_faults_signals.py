@@ -90,7 +90,7 @@ def _child(hook: str, n: int, argv: list[str]) -> subprocess.Popen:
 
 def _reach(proc: subprocess.Popen, marker: str = "FAULT-POINT") -> None:
     line = proc.stdout.readline().strip()
-    if line != marker:
+    if line.split(" ")[0] != marker:
         proc.kill()
         raise AssertionError(f"expected {marker} from the child, got {line!r}: {proc.communicate()[1][-2000:]}")
 
@@ -197,3 +197,14 @@ def test_a_stop_in_the_second_of_two_inputs_says_so_and_resume_skips_the_first(c
     for name, image in zip("ab", images):
         np.testing.assert_array_equal(zarr.open_array(str(out / f"{name}.zarr"))[:],
                                       predict(model, image, output="labels"))
+
+
+def test_under_torchrun_a_forwarded_second_signal_is_the_same_request(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # from the scheduler
+        os.kill(os.getpid(), signal.SIGTERM)  # the same, forwarded by the torchrun agent
+        assert stop.requested
+        with pytest.raises(Interrupted) as caught:
+            safe_point()
+    assert not caught.value.immediate

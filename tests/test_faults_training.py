@@ -73,11 +73,13 @@ def _child(hook: str, n: int, argv: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def _expect(proc: subprocess.Popen, marker: str) -> None:
+def _expect(proc: subprocess.Popen, marker: str) -> str:
+    """Wait for the child's next line, which must start with ``marker``; return the rest (the pid at a point)."""
     line = proc.stdout.readline().strip()
-    if line != marker:
+    if line.split(" ")[0] != marker:
         proc.kill()
         raise AssertionError(f"expected {marker} from the child, got {line!r}: {proc.communicate()[1][-2000:]}")
+    return line[len(marker):].strip()
 
 
 def test_sigterm_saves_the_step_a_second_run_is_refused_and_resume_is_exact(reference, tmp_path, one_thread,
@@ -194,3 +196,39 @@ def test_a_real_full_filesystem_while_saving_a_checkpoint_then_resume(reference,
         grow(disk, "64m")
         assert main([*argv, "--resume"]) == 0
         _assert_same_run(run, reference)
+
+
+def _torchrun(*argv: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+
+
+def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_and_resume_is_exact(tmp_path):
+    argv = ["train", "--model", "fcn32s", "--data", "scenes:48", "--patch", "32", "--batch-size", "4", "--width",
+            "0.0625", "--steps", "4", "--eval-every", "2", "--val-size", "40", "--val-count", "2", "--no-progress",
+            "--checkpoint-every", "100"]
+    run = tmp_path / "run"
+    proc = _torchrun(str(CHILD), "evals", "1", *argv, "--out", str(run))
+    try:
+        workers = [int(_expect(proc, "FAULT-POINT")) for _ in range(2)]  # both ranks evaluated step 2, waiting
+        # as SLURM does, to every process: each worker gets SIGTERM twice (its own, then torchrun's forwarded one)
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"fcnkit: stopped by SIGTERM; step 2 of 4 is saved in {run / 'last.pt'}" in err, err[-3000:]
+    assert "stopped at once" not in err and read_checkpoint(run / "last.pt")["step"] == 2
+
+    for extra in (["--out", str(run), "--resume"], ["--out", str(tmp_path / "whole")]):  # resumed, uninterrupted
+        done = _torchrun("-m", "fcnkit", *argv, *extra)
+        _, err = done.communicate(timeout=300)
+        assert done.returncode == 0, err[-3000:]
+    a, b = read_checkpoint(tmp_path / "whole" / "last.pt"), read_checkpoint(run / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert _metrics(run) == _metrics(tmp_path / "whole")

@@ -6,7 +6,8 @@ SIGTERM only records the request and says so on stderr; the work loop calls :fun
 what a resume needs (``last.pt`` at that step; the tiles in flight and their journal), and the CLI prints what was
 saved and the command that continues. A second signal raises :class:`Interrupted` at once, wherever the program is:
 every file fcnkit writes is replaced atomically or journaled after it is synced, so even that leaves a consistent
-state to resume from.
+state to resume from. Under torchrun a worker counts further signals as the same request (torchrun forwards them;
+it kills workers itself after its grace period), and all ranks stop after the same step.
 
 Exit status is 128 + the signal number, as a shell reports a process ended by that signal: 130 for SIGINT, 143 for
 SIGTERM (SLURM and Kubernetes read 143 as "stopped on request").
@@ -95,6 +96,8 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
+            if _torchrun_worker():
+                return  # the same request again, forwarded by torchrun (see below)
             raise Interrupted(signum, immediate=True)
         self.signum = signum
         self._event.set()
@@ -121,6 +124,13 @@ class GracefulStop:
             signal.signal(signum, previous)  # type: ignore[arg-type]
         self._previous.clear()
         _active = self._outer
+
+
+def _torchrun_worker() -> bool:
+    """True in a process started by torchrun. Its agent forwards a SIGTERM/SIGINT to every worker, which a scheduler
+    or a terminal has often signalled already, so a worker sees one request twice; the agent itself kills workers
+    that have not stopped after its grace period (30 s), which is the "at once" there."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def active() -> GracefulStop | None:
