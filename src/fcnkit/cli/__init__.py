@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import pkgutil
 import shlex
 import sys
@@ -90,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         how = "at once by a second" if exc.immediate else "by"
         saved = exc.saved or "nothing was saved yet"
-        print(f"fcnkit: stopped {how} {exc.signal_name}; {saved}\nfcnkit: to continue, run: "
-              f"{continue_command(argv, resume=exc.resumable)}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 saves and speaks for all ranks
+            print(f"fcnkit: stopped {how} {exc.signal_name}; {saved}\nfcnkit: to continue, run: "
+                  f"{continue_command(argv, resume=exc.resumable)}", file=sys.stderr)
         return exc.status
     except KeyboardInterrupt:
         print("fcnkit: interrupted", file=sys.stderr)
