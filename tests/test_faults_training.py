@@ -222,6 +222,8 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_and_resume_is_
             proc.kill()
     assert f"fcnkit: stopped by SIGTERM; step 2 of 4 is saved in {run / 'last.pt'}" in err, err[-3000:]
     assert err.count("fcnkit: stopped by") == 1  # rank 0 speaks for both
+    assert err.count("fcnkit: SIGTERM received: stopping after the current step and saving; torchrun ends the "
+                     "workers after its grace period") == 1
     assert "stopped at once" not in err and read_checkpoint(run / "last.pt")["step"] == 2
 
     for extra in (["--out", str(run), "--resume"], ["--out", str(tmp_path / "whole")]):  # resumed, uninterrupted

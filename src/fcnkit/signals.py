@@ -102,9 +102,12 @@ class GracefulStop:
         self.signum = signum
         self._event.set()
         name = signal.Signals(signum).name
-        # os.write, not print: a handler that runs inside another print to stderr would hit a reentrant call
-        os.write(2, f"\nfcnkit: {name} received: stopping after the current {self.unit} and saving; send it "
-                    f"again to stop at once\n".encode())
+        then = "torchrun ends the workers after its grace period" if _torchrun_worker() else \
+            "send it again to stop at once"
+        if os.environ.get("RANK", "0") == "0":  # one notice for a torchrun job, from rank 0
+            # os.write, not print: a handler that runs inside another print to stderr would hit a reentrant call
+            os.write(2, f"\nfcnkit: {name} received: stopping after the current {self.unit} and saving; "
+                        f"{then}\n".encode())
 
     def __enter__(self) -> GracefulStop:
         global _active
