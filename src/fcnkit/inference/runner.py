@@ -114,7 +114,8 @@ def read_batch(image: Any, batch: Sequence[Tile], device: torch.device, dtype: t
     return to_model_input(data, device, dtype)
 
 
-def forward_batch(model: torch.nn.Module, x: torch.Tensor, batch: Sequence[Tile], output: str) -> list[np.ndarray]:
+def forward_batch(model: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: Sequence[Tile],
+                  output: str) -> list[np.ndarray]:
     """Run ``model`` on ``x`` (from :func:`read_batch`) and keep each tile's own output region, on the CPU."""
     with torch.inference_mode():
         y = finish(model(x), output).cpu()
@@ -128,7 +129,7 @@ def forward_batch(model: torch.nn.Module, x: torch.Tensor, batch: Sequence[Tile]
     return kept
 
 
-def run_plan(model: torch.nn.Module, image: Any, tiles: Sequence[Tile], *, output: str, out: Any,
+def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[Tile], *, output: str, out: Any,
              batch_size: int, device: torch.device, dtype: torch.dtype, journal: bool, progress: bool, stride: int,
              skipped: int = 0) -> None:
     """Compute every tile of ``tiles`` and write its ``out`` region into ``out``; mark it done when ``journal``.

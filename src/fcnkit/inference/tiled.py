@@ -74,7 +74,7 @@ def predict(model: Model, image: Any, *, output: str = "logits", device: str | t
     data = np.zeros((1, round_up(height, d), round_up(width, d), channels), np.float32)
     data[0, :height, :width] = read_window(image, (0, height), (0, width))
     with torch.inference_mode():
-        y = finish(prepared.net(to_model_input(data, prepared.device, prepared.dtype)), output)
+        y = finish(prepared(to_model_input(data, prepared.device, prepared.dtype)), output)
     return y[0, :out_h, :out_w].cpu().numpy()
 
 
@@ -128,7 +128,7 @@ def predict_tiled(model: Model, image: Any, *, tile: int | tuple[int, int] | Non
     journal = hasattr(out, "done") and hasattr(out, "mark_done")
     done = set(out.done) if journal else set()
     todo = [t for t in plan.tiles if t.id not in done]
-    run_plan(prepared.net, image, todo, output=output, out=out, batch_size=plan.batch_size, device=prepared.device,
+    run_plan(prepared, image, todo, output=output, out=out, batch_size=plan.batch_size, device=prepared.device,
              dtype=prepared.dtype, journal=journal, progress=progress, stride=plan.stride,
              skipped=len(plan.tiles) - len(todo))
     return out
