@@ -171,9 +171,31 @@ class TransferFCN(nn.Module):
         self.multiple = int(final_stride[0])
         self.before = max(0, math.ceil(max(final)))
         self.start = tuple(round(self.before - f) for f in final)
-        margin = max(final_field) + 2 * self.multiple * (skips + 2) + max(self.start)
-        self.margin = math.ceil(margin / self.multiple) * self.multiple
         self.skips, self.window = skips, tuple(window)
+        upper = max(final_field) + 2 * self.multiple * (skips + 2) + max(self.start)  # always enough
+        self.margin = self._fit_margin(math.ceil(upper / self.multiple) * self.multiple)
+
+    def _fit_margin(self, upper: int) -> int:
+        """The smallest bottom/right margin (a multiple of the stride) that gives every size its whole output.
+
+        Every padded size is a multiple of the stride, so what a size needs and what it gets both grow by one cell
+        per stride: sizes 1 .. 2 strides + 1 show every case. Patches then cost no more than they must.
+        """
+        was_training = self.training
+        self.eval()  # BatchNorm in training mode refuses the 1x1 maps of the smallest probes
+        try:
+            for margin in range(0, upper, self.multiple):
+                self.margin = margin
+                try:
+                    with torch.no_grad():
+                        if all(self(torch.zeros(1, self.in_channels, n, n)).shape[-2:] == (n, n)
+                               for n in range(1, 2 * self.multiple + 2)):
+                            return margin
+                except RuntimeError:  # maps too short to add up: a larger margin
+                    continue
+            return upper
+        finally:
+            self.train(was_training)
 
     @staticmethod
     def _choose_taps(body: fx.GraphModule, places: dict, final_stride: Pair, skips: int) -> list[fx.Node]:
