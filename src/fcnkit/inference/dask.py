@@ -6,8 +6,8 @@ read/forward code as the in-process runner, and each output block of the returne
 region. So the result equals ``fcnkit.predict`` block for block, the output chunks are the plan's, and a resume
 journal holds the same tile ids whether the tiles ran here or on a cluster.
 
-The model is prepared once (:mod:`fcnkit.inference.model`) and sent once: scattered to every worker when a
-distributed client is given or active, else one task of the graph.
+The model is prepared once (:mod:`fcnkit.inference.model`) and is one task of the graph that every tile depends
+on: it goes to the scheduler once and to each worker once, not into every task.
 
 >>> import dask.array as da                                        # doctest: +SKIP
 >>> labels = predict_dask(model, da.from_zarr("slide.zarr"), output="labels")
@@ -97,7 +97,8 @@ def predict_dask(model: Any, array: Any, *, output: str = "logits", tile: int | 
     ``array``: a dask array, an array-like, or a path fcnkit can open, shaped (H, W, C) or (H, W), any chunking.
     ``tile`` (``chunk`` is the same), ``halo``, ``memory_limit``, ``allow_inexact`` and ``precision`` mean what they
     mean for ``predict_tiled``; ``plan`` (from ``plan_prediction``) replaces the first four. On a cluster the tile
-    chosen from memory is small enough that every worker thread gets at least ``TILES_PER_THREAD`` tiles. Returns
+    chosen from memory is small enough that every worker thread of ``client`` (default: the distributed client in
+    use, if any) gets at least ``TILES_PER_THREAD`` tiles. Returns
     (H', W', K) float32 for logits/probs, (H', W') uint8 (int32 above 255 classes) for labels, equal to
     ``fcnkit.predict(model, array.compute(), output=output)``, chunked as the plan's tiles; ``result.fcnkit_plan``
     is the plan (``predict_into`` journals its tile ids).
@@ -124,10 +125,10 @@ def predict_dask(model: Any, array: Any, *, output: str = "logits", tile: int | 
     payload = _Payload(net=prepared.net, device=str(prepared.device), dtype=prepared.dtype,
                        conversion=conversion_of(prepared.source, x))
     token = uuid.uuid4().hex
-    if client is not None:
-        model_ref = client.scatter(payload, broadcast=True, hash=False)  # each worker receives it once
-    else:
-        model_ref = dask.delayed(payload, name=f"fcnkit-model-{token}", traverse=False)
+    # One task holds the model; every tile depends on it, so each worker receives it once. Not client.scatter:
+    # scattered data has no recipe, and once the active memory manager has trimmed its replicas to one, a worker
+    # killed mid-job loses it for good and the whole job is cancelled; a task is recomputed on another worker.
+    model_ref = dask.delayed(payload, name=f"fcnkit-model-{token}", traverse=False)
     rows, cols = plan.grid
     channels = plan.shape[2:]
     blocks = []
