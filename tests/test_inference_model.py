@@ -56,7 +56,7 @@ def test_an_fp32_copy_shares_the_tensors_it_does_not_change():
     prepared = prepare(model)
     # the transposed convolutions and the head are neither folded nor cast: the same tensors, no extra memory
     assert prepared.net.up2.weight is model.up2.weight and prepared.net.head.weight is model.head.weight
-    assert prepared.net.e1[0].weight is not model.e1[0].weight  # folded: a new tensor
+    assert prepared.net.e1[0].conv.weight is not model.e1[0].weight  # folded (and fused with its ReLU): a new tensor
 
 
 def test_fold_only_where_exact():
@@ -161,3 +161,16 @@ def test_compiled_tiles_equal_the_whole_image():
     assert compiled.forward is not None and compiled.net is not compiled.forward
     tiled = predict_tiled(compiled, image, tile=32)  # two tile shapes: two compilations
     np.testing.assert_allclose(tiled, predict(model, image), rtol=0, atol=1e-4)
+
+
+def test_conv_relu_is_fused_on_cpu_with_the_same_values():
+    from fcnkit.inference.model import ConvReLU
+
+    torch.manual_seed(0)
+    model = fcnkit.build_model("unet", num_classes=3, width=0.125).eval()
+    net = prepare(model).net
+    assert sum(isinstance(m, ConvReLU) for m in net.modules()) == 18  # every conv → BN → ReLU of the U-Net
+    assert not any(isinstance(m, torch.nn.ReLU) for m in net.modules())
+    x = torch.from_numpy(_image(48, 40)).permute(2, 0, 1)[None].float().contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), model(x), atol=1e-4, rtol=1e-5)
