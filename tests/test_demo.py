@@ -18,7 +18,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     assert main(["demo", "--out", str(out), "--quick"]) == 0
     printed = capsys.readouterr().out
 
-    # The story ends with the four metrics, the speed-up, the exactness figure and the report's place.
+    # The story in order: classifier and heat maps, transfer, FCN-8s vs U-Net, tiling; then the summary.
+    stages = [printed.index(f"[{i}/5]") for i in range(1, 6)]
+    assert stages == sorted(stages)
+    assert re.search(r"heat maps peak within 4 px of \d+/\d+ held-out digit centres \(\d+%\)", printed)
+    assert re.search(r"from scratch at the same small budget: FCN-8s mean IU \d\.\d{3}, U-Net mean IU", printed)
     for label in ("pixel accuracy", "mean accuracy", "mean IU", "frequency-weighted IU"):
         assert re.search(rf"{label} \d\.\d{{3}}", printed), label
     assert re.search(r"\d+x faster, max \|score difference\| \d\.\de[-+]\d\d", printed)
@@ -28,12 +32,14 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
 
     html = (out / "report.html").read_text()
     assert 'id="metrics"' in html and 'id="per-class-iu"' in html
-    for title in ("FCN-8s: training curves", "FCN-8s: sample pictures", "Heat maps of every digit in one pass",
-                  "Exact tiled inference", "Tiled prediction of the big scene", "FCN-8s: geometry", "Timings"):
+    for title in ("FCN-8s on the classifier (transfer): training curves", "Learning curves",
+                  "Per-class IU on held-out scenes", "FCN-8s on the classifier (transfer): sample pictures",
+                  "Heat maps of every digit in one pass", "Exact tiled inference", "Tiled prediction of the big scene",
+                  "FCN-8s on the classifier (transfer): geometry", "Timings"):
         assert f"<h2>{title}</h2>" in html, title
     assert html.count("data:image/png;base64,") >= 5  # curves x2, panels, heat maps, big scene: embedded
-    for name in ("fcn8s/last.pt", "digit_classifier/last.pt", "digit_fcn.pt", "pictures/heatmaps.png",
-                 "pictures/fcn8s/samples.png", "pictures/big_scene.png", "scene1024_labels.ome.zarr/zarr.json",
+    for name in ("fcn8s_on/last.pt", "fcn8s/last.pt", "unet/last.pt", "digit_classifier/last.pt", "digit_fcn.pt",
+                 "pictures/heatmaps.png", "pictures/fcn8s_on/samples.png", "pictures/learning_curves.png", "pictures/big_scene.png", "scene1024_labels.ome.zarr/zarr.json",
                  MARKER):
         assert (out / name).exists(), name
     check_ome_zarr(out / "scene1024_labels.ome.zarr")

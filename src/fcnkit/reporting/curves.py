@@ -63,3 +63,30 @@ def training_curves(records: list[dict] | str | os.PathLike, out: str | os.PathL
     if title:
         fig.suptitle(title, fontsize=12)
     return write_png(fig, out)
+
+
+def compare_curves(runs: dict[str, list[dict]], out: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Held-out mean IU of several runs against the step (left) and the training seconds (right), one line each.
+
+    ``runs`` maps a label to its ``metrics.jsonl`` records (``step``, ``time`` = training seconds so far, ``mean_iu``).
+    """
+    from matplotlib.figure import Figure
+
+    if not any(runs.values()):
+        raise InputError("runs: expected at least one run with evaluation records, found none.")
+    fig = Figure(figsize=(10.0, 3.6), layout="constrained")
+    step_ax, time_ax = fig.subplots(1, 2, sharey=True)
+    for label, records in runs.items():
+        points = [(r["step"], r.get("time"), r["mean_iu"]) for r in records if r.get("mean_iu") is not None]
+        if points:
+            steps, seconds, scores = zip(*points)
+            step_ax.plot(steps, scores, "o-", label=label)
+            time_ax.plot(seconds, scores, "o-", label=label)
+    step_ax.set(xlabel="step", ylabel="held-out mean IU", ylim=(0.0, 1.0))
+    time_ax.set(xlabel="training seconds (evaluation excluded)")
+    time_ax.legend(fontsize=9, frameon=False, loc="lower right")
+    for ax in (step_ax, time_ax):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return write_png(fig, out)

@@ -142,3 +142,39 @@ def evaluate_checkpoint(
     names = model.fcnkit_meta.get("class_names") or [str(i) for i in range(k)]
     return {"checkpoint": str(checkpoint), "data": data, "split": split, "images": n, **summary(meter),
             "class_names": list(names)}
+
+
+@torch.no_grad()
+def heatmap_localization(fcn: nn.Module, scenes: Sequence, *, radius: float = 4.0, search: float = 16.0,
+                         min_pixels: int = 20) -> dict:
+    """How well a convolutionalized digit classifier's heat maps find held-out digits, as one number.
+
+    For every digit in ``scenes`` (items ``(image (H, W, 3), label (H, W))``; a digit is a connected region of one
+    class of at least ``min_pixels`` pixels, its centre the centre of its bounding box), look at the map of its own
+    class within ``search`` px of that centre: a hit when the map's maximum there lies within ``radius`` px of it.
+    A window's score sits at the window's centre. Returns ``{"centres", "hits", "fraction"}``.
+    """
+    from scipy import ndimage
+
+    window, stride = fcn.window, fcn.stride
+    hits = centres = 0
+    for image, label in scenes:
+        x = torch.as_tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1)[None]
+        probs = torch.softmax(fcn.eval()(x)[0].float(), 0).numpy()  # (K, H', W')
+        ys = stride[0] * np.arange(probs.shape[1]) + (window[0] - 1) / 2  # window centres
+        xs = stride[1] * np.arange(probs.shape[2]) + (window[1] - 1) / 2
+        label = np.asarray(label)
+        for cls in range(1, probs.shape[0]):
+            regions, count = ndimage.label(label == cls)
+            for index, box in enumerate(ndimage.find_objects(regions), start=1):
+                if box is None or (regions[box] == index).sum() < min_pixels:
+                    continue
+                cy, cx = (box[0].start + box[0].stop - 1) / 2, (box[1].start + box[1].stop - 1) / 2
+                rows, cols = np.abs(ys - cy) <= search, np.abs(xs - cx) <= search
+                if not rows.any() or not cols.any():
+                    continue  # too near the border for any full window to be centred close to it
+                near = probs[cls][np.ix_(rows, cols)]
+                i, j = np.unravel_index(int(near.argmax()), near.shape)
+                centres += 1
+                hits += bool(np.hypot(ys[rows][i] - cy, xs[cols][j] - cx) <= radius)
+    return {"centres": centres, "hits": hits, "fraction": hits / centres if centres else None}
