@@ -19,7 +19,9 @@ from fcnkit.training.ddp import Dist
 from fcnkit.checkpoint import read_checkpoint
 from fcnkit.errors import CheckpointError, DataError, InputError
 
-TRAIN_WINDOWS = 2200  # classifier training windows (200 per class of the 11 digit-scene classes)
+# Classifier training windows, 800 per class: held-out window accuracy 0.905 after 1,500 steps of 64, against 0.864
+# with 2,200 windows (which the classifier had seen 44 times each by then).
+TRAIN_WINDOWS = 8800
 VAL_WINDOWS = 550
 
 
