@@ -73,3 +73,31 @@ def test_bad_train_flags_exit_2_with_one_line(tmp_path, capsys, argv, message):
 def test_eval_of_a_missing_checkpoint(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", "scenes"]) == 2
     assert "none.pt': expected a .pt file written by `fcnkit train`, found nothing" in capsys.readouterr().err
+
+
+def test_cli_choices_match_the_library():
+    from fcnkit.cli import train as cli_train
+    from fcnkit.training.config import SCHEDULES
+    from fcnkit.training.precision import PRECISIONS
+
+    assert cli_train.SCHEDULES == SCHEDULES and cli_train.PRECISIONS == PRECISIONS
+
+
+def test_backbone_only_for_transfer_models(tmp_path, capsys):
+    clf = tmp_path / "clf"
+    assert main(["train", "--model", "digit_classifier", "--data", "scenes", "--width", "0.125", "--steps", "1",
+                 "--batch-size", "4", "--val-count", "11", "--quiet", "--out", str(clf)]) == 0
+    assert capsys.readouterr() == ("", "")  # --quiet: nothing at all
+    assert main([*TRAIN, "--backbone", str(clf / "best.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert ("fcnkit: error: backbone: only the transfer models fcn32s_on, fcn16s_on, fcn8s_on start from a "
+            "classifier, found --model encoder_decoder") in capsys.readouterr().err
+    seg = tmp_path / "seg"
+    args = ["train", "--model", "fcn16s_on", "--backbone", str(clf / "best.pt"), "--data", "scenes:48", "--patch",
+            "32", "--batch-size", "2", "--steps", "2", "--val-size", "40", "--val-count", "1", "--no-progress",
+            "--out", str(seg)]
+    assert main(args) == 0
+    assert "step 2: mean IU" in capsys.readouterr().out
+    from fcnkit.checkpoint import load_checkpoint
+
+    model = load_checkpoint(seg / "last.pt")  # rebuilt from its own metadata, without the backbone file
+    assert model.fcnkit_spec["options"]["backbone"]["name"] == "digit_classifier"
