@@ -22,6 +22,7 @@ choice derives from ``seed``, so two runs give the same models and numbers (timi
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -306,7 +307,7 @@ def _tiled(out: Path, s: DemoSettings, run: Any, report: Report, clock: _Clock, 
         output = create_output(target, plan.shape, plan.dtype, chunks=512, palette=run.palette,
                                metadata={"class_names": run.class_names})
         predict_tiled(model, image, tile=plan.tile, batch_size=plan.batch_size, output="labels", out=output,
-                      progress=progress != "off")
+                      progress=progress != "off" and sys.stderr.isatty())  # no redraws in a log file
         labels = output[:, :]
         output.close()
     big = scores(confusion_matrix(labels, truth, k))
