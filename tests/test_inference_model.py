@@ -152,17 +152,6 @@ def test_cli_predict_precision_bf16(tmp_path, capsys):
     np.testing.assert_allclose(got, predict(model, image, precision="bf16"), rtol=0, atol=BF16_TILED_ATOL)
 
 
-@pytest.mark.slow
-def test_compiled_tiles_equal_the_whole_image():
-    torch.manual_seed(0)
-    model = fcnkit.build_model("unet", num_classes=3, width=0.125).eval()
-    image = _image(64, 48)
-    compiled = prepare(model, compile=True)
-    assert compiled.forward is not None and compiled.net is not compiled.forward
-    tiled = predict_tiled(compiled, image, tile=32)  # two tile shapes: two compilations
-    np.testing.assert_allclose(tiled, predict(model, image), rtol=0, atol=1e-4)
-
-
 def test_conv_relu_is_fused_on_cpu_with_the_same_values():
     from fcnkit.inference.model import ConvReLU
 

@@ -27,9 +27,9 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 @dataclass(frozen=True)
 class InferenceModel:
-    """A model prepared for inference: ``net`` (eval mode, on ``device``, inputs of ``dtype`` in ``memory_format``);
-    ``forward`` is what computes tiles: ``net`` itself, or its ``torch.compile`` when asked; ``source`` is the
-    caller's model (geometry and cost caches are kept for it). ``precision`` is resolved: ``"fp32"`` or ``"bf16"``."""
+    """A model prepared for inference: ``net`` runs (eval mode, on ``device``, inputs of ``dtype`` in
+    ``memory_format``; calling the ``InferenceModel`` calls it); ``source`` is the caller's model (geometry and cost
+    caches are kept for it). ``precision`` is resolved: ``"fp32"`` or ``"bf16"``."""
 
     net: nn.Module
     source: nn.Module
@@ -37,10 +37,9 @@ class InferenceModel:
     precision: str
     dtype: torch.dtype
     memory_format: torch.memory_format
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.net if self.forward is None else self.forward)(x)
+        return self.net(x)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -81,16 +80,14 @@ def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch
 
 
 def prepare(model: nn.Module | InferenceModel, *, device: str | torch.device | None = None,
-            precision: str | None = None, compile: bool = False) -> InferenceModel:
+            precision: str | None = None) -> InferenceModel:
     """The inference copy of ``model`` (see the module docstring). An ``InferenceModel`` is returned as it is when
     ``device``/``precision`` are ``None`` or agree with it. ``precision``: ``"fp32"`` (default), ``"bf16"`` or
     ``"auto"``.
 
-    ``compile=True`` runs the tiles through ``torch.compile`` (inductor, weights frozen: convolutions fused with
-    their ReLU, weights pre-packed). Measured on the default unet at 512² (benchmarks/precision.py): 1.4-1.5× faster
-    than eager in fp32 and bf16, after 6-45 s of compilation for each distinct tile shape (an image has up to four:
-    interior, right, bottom, corner), so it pays on large images only; it is not the default. The dask path sends the
-    uncompiled network."""
+    Not compiled: ``torch.compile`` (inductor, frozen weights) measured 1.4-1.5× over plain eager on the default
+    unet, but nothing over this copy once its convolutions carry their ReLU (1.05× fp32, 0.96× bf16;
+    benchmarks/precision.py --compile), and it compiles for seconds per tile shape."""
     if isinstance(model, InferenceModel):
         wanted = None if precision is None else resolve_precision(precision, model.device)
         if (wanted not in (None, model.precision)
@@ -119,9 +116,8 @@ def prepare(model: nn.Module | InferenceModel, *, device: str | torch.device | N
     _convert(net, convert)
     if target.type == "cpu":
         fuse_conv_relu(net)
-    forward = torch.compile(net, dynamic=False, options={"freezing": True}) if compile else None
     return InferenceModel(net=net, source=model, device=target, precision=resolved, dtype=dtype,
-                          memory_format=memory_format, forward=forward)
+                          memory_format=memory_format)
 
 
 def fold_batchnorm(net: nn.Module) -> int:
