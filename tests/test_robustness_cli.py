@@ -141,7 +141,7 @@ CASES = [
      ["unknown model 'fcn9s'; did you mean 'fcn8s'?", "expected one of: allconv_classifier"]),
     ("data-spec-unknown", "train --model unet --data coco:/data --steps 1 --out {out}/run",
      ["unknown data spec 'coco:/data'", "expected one of scenes, voc:ROOT, folder:ROOT"]),
-    ("num-classes-missing", "eval --checkpoint {ws}/seg.pt --data folder:{ws}/ds_size",
+    ("num-classes-missing", "train --model unet --data folder:{ws}/ds_size --steps 1 --out {out}/run",
      ["needs the number of classes (1-255), got None", "pass --num-classes K"]),
     ("steps-zero", "train --model unet --data scenes --steps 0 --out {out}/run",
      ["steps: expected a positive integer, found 0"]),
