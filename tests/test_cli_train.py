@@ -84,9 +84,12 @@ def test_cli_choices_match_the_library():
 
 
 def test_backbone_only_for_transfer_models(tmp_path, capsys):
+    from fcnkit.checkpoint import save_checkpoint
+    from fcnkit.models import build_model
+
     clf = tmp_path / "clf"
-    assert main(["train", "--model", "digit_classifier", "--data", "scenes", "--width", "0.125", "--steps", "1",
-                 "--batch-size", "4", "--val-count", "11", "--quiet", "--out", str(clf)]) == 0
+    save_checkpoint(clf / "best.pt", model=build_model("digit_classifier", num_classes=11, width=0.125))
+    assert main([*TRAIN, "--quiet", "--out", str(tmp_path / "quiet")]) == 0
     assert capsys.readouterr() == ("", "")  # --quiet: nothing at all
     assert main([*TRAIN, "--backbone", str(clf / "best.pt"), "--out", str(tmp_path / "x")]) == 2
     assert ("fcnkit: error: backbone: only the transfer models fcn32s_on, fcn16s_on, fcn8s_on start from a "

@@ -110,8 +110,11 @@ def test_init_from_unrelated_model_is_refused(tmp_path):
 @pytest.mark.slow
 def test_classifier_trains_on_windows(tmp_path):
     result = train(TrainConfig(model="digit_classifier", data="scenes", steps=2, batch_size=8, width=0.125,
-                               val_count=22, out=str(tmp_path / "clf"), progress=False))
+                               val_count=22, windows=33, out=str(tmp_path / "clf"), progress=False))
     assert sorted(result.losses) == [1, 2]
+    assert len(load_checkpoint(result.last_checkpoint).fcnkit_meta["class_names"]) == 11
+    with pytest.raises(InputError, match=r"windows: expected a positive integer, found 0"):
+        train(TrainConfig(model="digit_classifier", data="scenes", steps=2, windows=0, out=str(tmp_path / "w")))
     model = load_checkpoint(result.last_checkpoint)
     assert model.output_kind == "classifier"
     assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 11)

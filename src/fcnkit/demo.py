@@ -57,6 +57,7 @@ class DemoSettings:
     clf_batch: int
     clf_lr: float
     clf_val_windows: int  # held-out 32x32 windows the classifier is scored on
+    clf_windows: int  # labelled 32x32 training windows
     heat_size: int  # side of the scene drawn as heat maps
     sliding_crop: int  # side of the crop the sliding-window loop is timed on (extrapolated to the scene)
     big_size: int  # side of the scene for tiled inference
@@ -68,11 +69,11 @@ class DemoSettings:
 
 FULL = DemoSettings(seg_steps=600, seg_batch=16, compare_width=0.25, compare_steps=300, compare_batch=16,
                     val_size=256, val_count=8, clf_width=0.5, clf_steps=1500, clf_batch=64, clf_lr=3e-3,
-                    clf_val_windows=550, heat_size=512, sliding_crop=160, big_size=4096, exact_crop=1024,
+                    clf_val_windows=550, clf_windows=8800, heat_size=512, sliding_crop=160, big_size=4096, exact_crop=1024,
                     exact_tile=512, evaluations=5)
 QUICK = DemoSettings(seg_steps=20, seg_batch=4, compare_width=0.0625, compare_steps=10, compare_batch=4,
                      val_size=128, val_count=2, clf_width=0.25, clf_steps=40, clf_batch=32, clf_lr=3e-3,
-                     clf_val_windows=110, heat_size=192, sliding_crop=96, big_size=1024, exact_crop=256,
+                     clf_val_windows=110, clf_windows=1100, heat_size=192, sliding_crop=96, big_size=1024, exact_crop=256,
                      exact_tile=128, evaluations=2)
 
 
@@ -225,7 +226,8 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
         result = train(TrainConfig(
             model="digit_classifier", data="scenes", batch_size=s.clf_batch, steps=s.clf_steps, lr=s.clf_lr,
             width=s.clf_width, eval_every=max(1, s.clf_steps // s.evaluations), checkpoint_every=s.clf_steps,
-            val_count=s.clf_val_windows, out=str(out / "digit_classifier"), seed=s.seed, progress=progress))
+            val_count=s.clf_val_windows, windows=s.clf_windows, out=str(out / "digit_classifier"), seed=s.seed,
+            progress=progress))
     accuracy = float(result.metrics["pixel_accuracy"])
     log(f"      window accuracy on held-out windows: {accuracy:.3f}")
     run = load_run(out / "digit_classifier")

@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: a bar on a terminal, a line every 10 s when redirected (the default)")
     output.add_argument("--no-progress", action="store_true",
                         help="no step progress; the validation scores are still printed")
-    output.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def run(args: argparse.Namespace) -> int:

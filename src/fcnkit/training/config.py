@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     val_size: int | None = None  # side of the built-in validation scenes (scenes only)
     val_count: int | None = None  # evaluate on the first val_count validation images (None: all)
+    windows: int | None = None  # labelled training windows of a classifier (None: training.setup.TRAIN_WINDOWS)
     precision: str = "auto"  # auto (bf16 autocast where the device has native bf16) | fp32 | bf16
     mirror: bool | None = None  # flip patches left-right; None: if the dataset is mirror_safe
     backbone: str | None = None  # a classifier checkpoint for the *_on transfer models (fcn8s_on, ...)
@@ -83,7 +84,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.eval_every is not None and (isinstance(cfg.eval_every, bool) or cfg.eval_every < 0):
         raise InputError(f"eval_every: expected 0 (only at the end) or a positive number of steps, found "
                          f"{cfg.eval_every!r}.")
-    for name in ("val_size", "val_count"):
+    for name in ("val_size", "val_count", "windows"):
         if getattr(cfg, name) is not None:
             _positive(getattr(cfg, name), name)
     if cfg.schedule not in SCHEDULES:

@@ -121,7 +121,7 @@ def add_windows(data: TrainData, cfg: TrainConfig, size: int) -> None:
     if str(cfg.data).partition(":")[0] != "scenes":
         raise DataError(f"data {cfg.data}: classifier models train on labelled windows, which only the built-in "
                         f"scenes provide; pass --data scenes, or train a dense model on this data.")
-    data.train_windows = _windows("train", TRAIN_WINDOWS, size, cfg.seed)
+    data.train_windows = _windows("train", cfg.windows or TRAIN_WINDOWS, size, cfg.seed)
     data.val_windows = _windows("val", cfg.val_count or VAL_WINDOWS, size, cfg.seed)
 
 
