@@ -67,3 +67,17 @@ def mtcnn():
         return net.eval()
 
     return load
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small fcnkit checkpoint (encoder_decoder ×0.125, 3 classes, seed 0) for the CLI fault tests; a test module
+    that needs another model defines its own ``checkpoint`` fixture, which takes precedence."""
+    import fcnkit
+    from fcnkit.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, model=model, class_names=["bg", "a", "b"])
+    return path

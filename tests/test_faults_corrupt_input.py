@@ -8,25 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 from PIL import Image
 
 import fcnkit
 from fcnkit import predict
-from fcnkit.checkpoint import save_checkpoint
 from fcnkit.cli import main
 
 IMAGE = np.random.default_rng(5).integers(0, 256, (256, 128, 3)).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, class_names=["bg", "a", "b"])
-    return path
 
 
 def _flip(path: Path, start: int, count: int) -> bytes:

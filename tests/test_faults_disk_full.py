@@ -35,15 +35,6 @@ def _no_space() -> OSError:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, class_names=["bg", "a", "b"])
-    return path
-
-
-@pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("in") / "in.tif"
     tifffile.imwrite(path, IMAGE, tile=(64, 64))

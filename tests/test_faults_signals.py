@@ -20,7 +20,6 @@ from ome_check import check_ome_zarr
 
 import fcnkit
 from fcnkit import predict
-from fcnkit.checkpoint import save_checkpoint
 from fcnkit.cli import continue_command, main
 from fcnkit.signals import GracefulStop, Interrupted, active, on_interrupt, safe_point, stop_requested
 
@@ -71,15 +70,6 @@ def test_the_command_to_continue():
     assert continue_command(argv, resume=True) == "fcnkit predict --checkpoint m.pt 'my slide.tif' --out o.zarr --resume"
     assert continue_command([*argv[:-1], "--resume"], resume=True).count("--resume") == 1
     assert continue_command(argv, resume=False) == shlex.join(["fcnkit", *argv])
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, class_names=["bg", "a", "b"])
-    return path
 
 
 def _child(hook: str, n: int, argv: list[str]) -> subprocess.Popen:

@@ -14,25 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 from ome_check import check_ome_zarr
 
 import fcnkit
 from fcnkit import predict
-from fcnkit.checkpoint import save_checkpoint
 from fcnkit.cli import main
 
 CHILD = Path(__file__).with_name("faults_child.py")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, class_names=["bg", "a", "b"])
-    return path
 
 
 @pytest.mark.slow
