@@ -101,3 +101,22 @@ def foreign_models() -> dict[str, nn.Module]:
         "strided_grid": strided_grid(),
         "valid": valid_net(),
     }
+
+
+class DiesOnWrite:
+    """An Output wrapper that raises on write number ``die_at`` (like a process killed mid-run), or never when
+    ``die_at`` is None; ``writes`` counts the tiles written, which shows what a resumed run recomputed."""
+
+    def __init__(self, out, die_at: int | None = None):
+        self.out, self.shape, self.die_at, self.writes = out, out.shape, die_at, 0
+
+    done = property(lambda self: self.out.done)
+
+    def mark_done(self, tile_id):
+        self.out.mark_done(tile_id)
+
+    def __setitem__(self, key, value):
+        self.writes += 1
+        if self.writes == self.die_at:
+            raise RuntimeError("killed")
+        self.out[key] = value
