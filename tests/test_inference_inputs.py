@@ -15,6 +15,7 @@ from fcnkit.errors import InputError
 from fcnkit.inference.inputs import PixelRangeWarning, check_channels, model_input, takes_0_255
 from fcnkit.inference.tiled import predict, predict_tiled
 from fcnkit.io.pixels import ConvertedImage
+from tiling_models import RecordingArray
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +27,6 @@ def unet() -> nn.Module:
 def _foreign() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
-
-
-class _Recording:
-    def __init__(self, array: np.ndarray) -> None:
-        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
-
-    def __getitem__(self, key):
-        self.reads.append(key)
-        return self.array[key]
 
 
 def test_a_tensor_is_refused_with_how_to_pass_it(unet):
@@ -71,7 +63,7 @@ def test_a_foreign_model_gets_16_bit_values_as_given():
 
 
 def test_conversion_is_lazy_per_window(unet):
-    source = _Recording(np.zeros((40, 40, 1), np.uint16))
+    source = RecordingArray(np.zeros((40, 40, 1), np.uint16))
     image = model_input(unet, source, check_range=False)
     assert isinstance(image, ConvertedImage) and image.shape == (40, 40, 3) and image.dtype == np.uint8
     assert source.reads == []
@@ -103,7 +95,7 @@ def test_already_normalised_input_warns(unet):
 
 
 def test_range_check_reads_only_small_windows(unet):
-    source = _Recording(np.full((1000, 900, 3), 0.5, np.float32))
+    source = RecordingArray(np.full((1000, 900, 3), 0.5, np.float32))
     with pytest.warns(PixelRangeWarning):
         model_input(unet, source)
     assert source.reads == [(slice(0, 128), slice(0, 128)), (slice(436, 564), slice(386, 514))]

@@ -10,17 +10,7 @@ from fcnkit.errors import InputError
 from fcnkit.io import open_image, read_image
 from fcnkit.io.pixels import (CHANNEL_CONVERSIONS, ConvertedImage, PixelConversion, conversion_for, converted,
                               display_rgb, to_8_bit)
-
-
-class _Recording:
-    """An (H, W, C) array-like that records the windows read from it."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
-
-    def __getitem__(self, key):
-        self.reads.append(key)
-        return self.array[key]
+from tiling_models import RecordingArray
 
 
 @pytest.mark.parametrize("have, want, channels, note", [
@@ -64,7 +54,7 @@ def test_converted_image_reads_only_the_window_and_converts_like_read_image(tmp_
     grey16 = np.random.default_rng(2).integers(0, 65536, (30, 40)).astype(np.uint16)
     Image.fromarray(grey16).save(tmp_path / "g16.png")
     expected = read_image(tmp_path / "g16.png", mode="rgb")  # grey repeated, 16-bit / 257
-    source = _Recording(open_image(tmp_path / "g16.png"))
+    source = RecordingArray(open_image(tmp_path / "g16.png"))
     view = ConvertedImage(source, conversion_for(channels=1, dtype=np.uint16, wanted=3))
     assert (view.shape, view.dtype, source.reads) == ((30, 40, 3), np.uint8, [])
     np.testing.assert_array_equal(view[8:16, 4:12], expected[8:16, 4:12])

@@ -120,3 +120,14 @@ class DiesOnWrite:
         if self.writes == self.die_at:
             raise RuntimeError("killed")
         self.out[key] = value
+
+
+class RecordingArray:
+    """An (H, W, C) array-like that records the windows read from it (to show that reads stay lazy)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.array[key]
