@@ -58,11 +58,7 @@ def training_curves(records: list[dict] | str | os.PathLike, out: str | os.PathL
             score_ax.plot(*zip(*points), "o-", color=colour, label=label)
     score_ax.set(xlabel="step", ylabel="score on held-out data", title="evaluation", ylim=(0.0, 1.0))
     score_ax.legend(fontsize=9, frameon=False, loc="lower right")
-    for ax in (loss_ax, score_ax):
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=12)
-    return write_png(fig, out)
+    return _finish(fig, (loss_ax, score_ax), title, out)
 
 
 def compare_curves(runs: dict[str, list[dict]], out: str | os.PathLike, *, title: str | None = None) -> Path:
@@ -85,7 +81,12 @@ def compare_curves(runs: dict[str, list[dict]], out: str | os.PathLike, *, title
     step_ax.set(xlabel="step", ylabel="held-out mean IU", ylim=(0.0, 1.0))
     time_ax.set(xlabel="training seconds (evaluation excluded)")
     time_ax.legend(fontsize=9, frameon=False, loc="lower right")
-    for ax in (step_ax, time_ax):
+    return _finish(fig, (step_ax, time_ax), title, out)
+
+
+def _finish(fig, axes, title: str | None, out: str | os.PathLike) -> Path:
+    """The common end of the curve figures: light grids, the optional title, the PNG written atomically."""
+    for ax in axes:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=12)
