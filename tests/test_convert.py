@@ -374,6 +374,18 @@ def test_digit_classifier_checkpoint_round_trip(tmp_path) -> None:
     assert torch.equal(again(image), fcn(image))
 
 
+def test_wider_digit_classifier_converts_exactly_at_stride_4() -> None:
+    from fcnkit.models import build_model
+
+    torch.manual_seed(0)
+    clf = build_model("digit_classifier", num_classes=11, width=0.25, window=48).eval()
+    fcn = convolutionalize(clf, input_size=clf.input_size)
+    assert fcn.stride == (4, 4) and fcn.window == (48, 48)
+    image = torch.rand(1, 3, 61, 70, generator=torch.Generator().manual_seed(1)) * 255
+    assert verify(clf, fcn, image) <= 1e-5 * (1 + clf(image[:, :, :48, :48]).abs().max().item())
+    assert fcn(image).shape[-2:] == ((61 - 48) // 4 + 1, (70 - 48) // 4 + 1)
+
+
 def test_meta_device_classifier_converts_on_shapes_alone() -> None:
     with torch.device("meta"):  # e.g. a registry building the paper's widths without allocating them
         fcn = convolutionalize(_small_classifier(), input_size=(32, 32))

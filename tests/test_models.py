@@ -153,6 +153,40 @@ def test_digit_classifier_window_and_head():
         model(_image(1, 64, 48))
 
 
+def test_digit_classifier_wider_windows_keep_the_head_and_stride():
+    model = build_model("digit_classifier", num_classes=11, width=0.25, window=48)
+    assert model.input_size == (48, 48) and model(_image(2, 48, 48)).shape == (2, 11)
+    narrow = build_model("digit_classifier", num_classes=11, width=0.25)
+    # the same head (5x5 features), two more unpadded convolutions at stride 4
+    assert model.classifier[1].in_features == narrow.classifier[1].in_features
+    assert len(model.features) == len(narrow.features) + 4
+    with pytest.raises(InputError, match=r"expected 48x48 windows"):
+        model(_image(1, 32, 32))
+    for window in (40, 16, True):
+        with pytest.raises(InputError, match=r"digit_classifier window: expected 32, 48, 64"):
+            build_model("digit_classifier", num_classes=11, window=window)
+    with pytest.raises(InputError, match=r"digit_classifier dropout: expected a probability in \[0, 1\), got 1.5"):
+        build_model("digit_classifier", num_classes=11, dropout=1.5)
+
+
+def test_fcn_with_batch_norm_taps_the_same_pools_and_refuses_plain_vgg16_weights(tmp_path):
+    from fcnkit.models import load_vgg16_weights
+
+    torch.manual_seed(0)
+    plain = build_model("fcn8s", num_classes=NUM_CLASSES, width=0.125)
+    model = build_model("fcn8s", num_classes=NUM_CLASSES, width=0.125, batch_norm=True)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.features) == 13
+    # the skips tap the same pools (the 3rd and 4th), at indices moved by the BatchNorm layers before them
+    assert model.pool_indices == {"pool3": 23, "pool4": 33, "pool5": 43}
+    assert plain.pool_indices == {"pool3": 16, "pool4": 23, "pool5": 30}
+    pools = [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)]
+    assert pools[2:] == [23, 33, 43]
+    assert model.eval()(_image(1, 45, 70)).shape == (1, NUM_CLASSES, 45, 70)
+    torch.save({}, tmp_path / "vgg16.pt")
+    with pytest.raises(ModelError, match=r"with batch_norm=True; ImageNet VGG16 weights fit batch_norm=False"):
+        load_vgg16_weights(model, tmp_path / "vgg16.pt")
+
+
 def test_fcn_paper_widths_and_names():
     with torch.device("meta"):  # the paper's widths: 134M parameters, checked without allocating them
         model = build_model("fcn8s", num_classes=21)

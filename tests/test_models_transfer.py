@@ -38,6 +38,16 @@ def test_any_size_in_matching_size_out_and_exactly_tileable(skips):
     assert np.abs(whole - tiled).max() < 1e-4
 
 
+def test_a_wider_window_classifier_gives_a_tileable_transfer_net():
+    torch.manual_seed(0)
+    classifier = build_model("digit_classifier", num_classes=5, width=0.25, window=48).eval()
+    model = fcn_on(classifier, num_classes=5, skips=2).eval()
+    assert model.window == (48, 48)
+    image = _image(90, 100)
+    assert fcnkit.predict(model, image).shape == (90, 100, 5)
+    assert np.abs(fcnkit.predict(model, image) - fcnkit.predict_tiled(model, image, tile=48)).max() < 1e-4
+
+
 def test_scores_start_as_the_classifier_windows_centred_on_each_pixel():
     """FCN-32s style, untrained past the classifier: each pixel's scores interpolate the scores of the classifier
     windows whose centres surround it (so the trunk, score layer and final crop are in register)."""

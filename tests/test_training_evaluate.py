@@ -11,7 +11,7 @@ import fcnkit
 from fcnkit.checkpoint import save_checkpoint
 from fcnkit.errors import DataError, ModelError
 from fcnkit.training.evaluate import (METRICS, check_kind, evaluate_checkpoint, evaluate_dense, evaluate_windows,
-                                      summary)
+                                      heatmap_localization, summary)
 
 
 def _red_rule(*tail: nn.Module) -> nn.Module:
@@ -85,3 +85,33 @@ def test_evaluate_checkpoint_on_scenes(checkpoint):
     with pytest.raises(DataError, match=r"--num-classes 3 does not match checkpoint '.*model.pt', which predicts 11 "
                                         r"classes; leave --num-classes out or set it to 11\."):
         evaluate_checkpoint(str(checkpoint), "scenes:48", num_classes=3, count=1, device="cpu")
+
+
+class _FixedMaps(nn.Module):
+    """A stand-in for a convolutionalized classifier: 12x12 windows at stride 4, fixed score maps."""
+
+    window, stride = (12, 12), (4, 4)
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape == (1, 3, 40, 40)
+        return self.logits[None]
+
+
+def test_heatmap_localization_counts_peaks_near_centres_and_skips_digits_no_window_reaches():
+    label = np.zeros((40, 40), dtype=np.uint8)
+    label[10:20, 14:24] = 1  # centre (14.5, 18.5): window (2, 3) is centred at (13.5, 17.5)
+    label[20:30, 0:2] = 2  # centre (24.5, 0.5): the nearest window centre is 5 px away, no map can hit it
+    label[26:34, 26:34] = 3  # centre (29.5, 29.5): window (6, 6)
+    logits = torch.zeros(4, 8, 8)
+    logits[1, 0, 0], logits[1, 2, 3] = 50.0, 60.0  # both 1.0 after a float32 softmax; the second is higher
+    logits[3, 6, 3] = 30.0  # 12 px left of digit 3's centre: a miss
+    scenes = [(np.zeros((40, 40, 3), dtype=np.uint8), label)]
+    result = heatmap_localization(_FixedMaps(logits), scenes)
+    assert result == {"centres": 2, "hits": 1, "fraction": 0.5, "border": 1}
+    logits[3, 6, 6] = 40.0
+    assert heatmap_localization(_FixedMaps(logits), scenes)["hits"] == 2
+    assert heatmap_localization(_FixedMaps(logits), scenes, radius=1.0)["border"] == 2  # digit 1: 1.41 px > radius

@@ -1,6 +1,9 @@
-"""The learning-rate schedules (warm-up, one-cycle, cosine, poly) and the patch sampler's mirroring rule."""
+"""The learning-rate schedules (warm-up, one-cycle, cosine, poly), the patch sampler's mirroring rule, the colour
+augmentation of classifier windows and the class weights of the loss."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -10,7 +13,8 @@ from fcnkit.data import PatchSampler, open_dataset
 from fcnkit.errors import InputError
 from fcnkit.training.config import TrainConfig
 from fcnkit.training.loop import train
-from fcnkit.training.setup import build_optimizer, lr_factor, warmup_steps
+from fcnkit.training.setup import (Batches, TrainData, build_optimizer, class_weights, lr_factor, open_data,
+                                   warmup_steps)
 
 
 def test_warmup_then_decay_to_zero():
@@ -76,3 +80,64 @@ def test_sampler_mirrors_only_data_that_is_mirror_safe():
     assert 5 < _mirrored(PatchSampler(_Stripes(None), **args)) < 35  # unknown data: mirrored, as photos are
     assert _mirrored(PatchSampler(_Stripes(True), flips=False, **args)) == 0
     assert 5 < _mirrored(PatchSampler(_Stripes(False), flips=True, **args)) < 35  # --mirror overrides
+
+
+def _window_batches(colour_jitter: bool, step: int = 0, **kw) -> Batches:
+    from fcnkit.training.ddp import Dist
+
+    images = torch.arange(6 * 3 * 4 * 4, dtype=torch.float32).reshape(6, 3, 4, 4) % 256
+    data = TrainData(train=None, val=None, num_classes=2, class_names=["a", "b"], palette=np.zeros((2, 3)),
+                     train_windows=(images, torch.arange(6) % 2))
+    cfg = TrainConfig(model="digit_classifier", batch_size=4, steps=1, colour_jitter=colour_jitter, **kw)
+    return Batches(data, cfg, Dist(0, 1, torch.device("cpu")), start_step=step)
+
+
+def test_classifier_windows_get_colour_augmentation_that_is_a_function_of_seed_and_step():
+    plain, _ = _window_batches(False).next(torch.device("cpu"))
+    jittered, labels = _window_batches(True).next(torch.device("cpu"))
+    again, _ = _window_batches(True).next(torch.device("cpu"))
+    assert torch.equal(jittered, again)  # the same seed and step: the same batch
+    assert not torch.equal(plain, jittered)
+    for original, seen in zip(plain, jittered):
+        # each window is its own channels in some order, possibly with the colours inverted (255 - value)
+        candidates = [original[list(order)] for order in itertools.permutations(range(3))]
+        assert any(torch.equal(seen, c) or torch.equal(seen, 255 - c) for c in candidates)
+    later, _ = _window_batches(True, step=1).next(torch.device("cpu"))
+    assert not torch.equal(later, jittered)
+
+
+def test_balanced_class_weights_favour_rare_classes_and_explicit_ones_are_checked():
+    from fcnkit.training.ddp import Dist
+
+    cfg = TrainConfig(model="unet", data="scenes:64", batch_size=4, steps=1, patch=32, class_weights="balanced")
+    data = open_data(cfg)
+    batches = Batches(data, cfg, Dist(0, 1, torch.device("cpu")), start_step=0)
+    weights = class_weights(cfg, batches, data.num_classes, sample=4)
+    assert weights.shape == (11,) and weights.dtype == torch.float32
+    assert float(weights[0]) < min(0.5, float(weights[1:].min()))  # background is by far the most frequent class
+    assert torch.equal(weights, class_weights(cfg, batches, data.num_classes, sample=4))  # deterministic
+    cfg.class_weights = None
+    assert class_weights(cfg, batches, data.num_classes) is None
+    cfg.class_weights = [1.0, 2.0]
+    with pytest.raises(InputError, match=r"class_weights: expected 11 numbers \(one per class\), found 2"):
+        class_weights(cfg, batches, data.num_classes)
+    cfg.class_weights = [1.0] + [3.0] * 10
+    assert class_weights(cfg, batches, data.num_classes).tolist() == [1.0] + [3.0] * 10
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    ("median", r"class_weights: expected 'balanced', 'none' or one weight per class, found 'median'"),
+    ([1.0, -1.0], r"class_weights: expected numbers >= 0, found -1.0"),
+    ([0.0, 0.0], r"class_weights: expected at least one weight above 0"),
+])
+def test_bad_class_weights_are_refused(tmp_path, weights, message):
+    with pytest.raises(InputError, match=message):
+        train(TrainConfig(model="unet", steps=1, class_weights=weights, out=str(tmp_path / "run")))
+
+
+def test_a_weighted_run_logs_its_weights_and_trains(tmp_path, capsys):
+    result = train(TrainConfig(model="unet", data="scenes:48", patch=32, batch_size=2, width=0.0625, steps=2,
+                               val_size=40, val_count=1, class_weights="balanced", out=str(tmp_path / "run"),
+                               progress=False))
+    assert sorted(result.losses) == [1, 2]
+    assert "fcnkit: class weights " in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """``fcnkit demo``: everything fcnkit does, end to end, on the built-in digit scenes, offline, in minutes on a CPU.
 
-1. a classifier: train ``digit_classifier`` on 32×32 windows, convolutionalize it, draw per-digit heat maps of a
+1. a classifier: train ``digit_classifier`` on 48×48 windows, convolutionalize it, draw per-digit heat maps of a
    scene in one pass, time sliding the window over the same scene (on a crop, extrapolated per window, when the
    full loop would be slow), and score the heat maps: at how many held-out digit centres the right digit's map
    peaks within 4 px;
@@ -52,12 +52,15 @@ class DemoSettings:
     val_size: int  # side of the held-out scenes the FCN is scored on
     val_count: int
     clf_width: float
+    clf_window: int  # side of the classifier's windows (its receptive field)
     clf_steps: int
     clf_batch: int
     clf_lr: float
-    clf_val_windows: int  # held-out 32x32 windows the classifier is scored on
-    clf_windows: int  # labelled 32x32 training windows
+    clf_val_windows: int  # held-out windows the classifier is scored on
+    clf_windows: int  # labelled training windows
     heat_size: int  # side of the scene drawn as heat maps
+    loc_size: int  # side of the held-out scenes the heat maps' peaks are scored on (large: few digits at the edge)
+    loc_count: int
     sliding_crop: int  # side of the crop the sliding-window loop is timed on (extrapolated to the scene)
     big_size: int  # side of the scene for tiled inference
     exact_crop: int  # side of the crop where tiled and whole-image logits are compared
@@ -66,14 +69,14 @@ class DemoSettings:
     seed: int = 0
 
 
-FULL = DemoSettings(seg_steps=600, seg_batch=16, compare_width=0.25, compare_steps=300, compare_batch=16,
-                    val_size=256, val_count=8, clf_width=0.5, clf_steps=1500, clf_batch=64, clf_lr=3e-3,
-                    clf_val_windows=550, clf_windows=8800, heat_size=512, sliding_crop=160, big_size=4096, exact_crop=1024,
-                    exact_tile=512, evaluations=5)
+FULL = DemoSettings(seg_steps=600, seg_batch=16, compare_width=0.125, compare_steps=150, compare_batch=16,
+                    val_size=256, val_count=8, clf_width=1.0, clf_window=48, clf_steps=2700, clf_batch=64,
+                    clf_lr=3e-3, clf_val_windows=1100, clf_windows=17600, heat_size=512, loc_size=512, loc_count=4,
+                    sliding_crop=160, big_size=4096, exact_crop=1024, exact_tile=512, evaluations=5)
 QUICK = DemoSettings(seg_steps=20, seg_batch=4, compare_width=0.0625, compare_steps=10, compare_batch=4,
-                     val_size=128, val_count=2, clf_width=0.25, clf_steps=40, clf_batch=32, clf_lr=3e-3,
-                     clf_val_windows=110, clf_windows=1100, heat_size=192, sliding_crop=96, big_size=1024, exact_crop=256,
-                     exact_tile=128, evaluations=2)
+                     val_size=128, val_count=2, clf_width=0.25, clf_window=32, clf_steps=40, clf_batch=32,
+                     clf_lr=3e-3, clf_val_windows=110, clf_windows=1100, heat_size=192, loc_size=128, loc_count=2,
+                     sliding_crop=96, big_size=1024, exact_crop=256, exact_tile=128, evaluations=2)
 
 
 @dataclass
@@ -84,7 +87,7 @@ class DemoResult:
     report: Path
     metrics: dict  # the segmentation model's (fcn8s_on) scores on held-out scenes: four metrics, per-class "iu"
     class_names: list[str]
-    window_accuracy: float  # digit_classifier on held-out 32×32 windows
+    window_accuracy: float  # digit_classifier on held-out windows
     localization: dict  # heat maps: {"centres", "hits", "fraction"} within 4 px of held-out digit centres
     compare: dict[str, dict]  # model -> scores of the from-scratch comparison
     fcn_seconds: float  # one convolutionalized pass over the heat-map scene
@@ -184,13 +187,13 @@ def _compare(out: Path, s: DemoSettings, transfer: Any, report: Report, clock: _
     """Stage 3: FCN-8s and U-Net from scratch at one budget; learning curves and per-class IU of all three."""
     from fcnkit.reporting.curves import compare_curves
 
-    log(f"[3/5] FCN-8s vs U-Net from scratch (width {s.compare_width}), {s.compare_steps} steps of "
-        f"{s.compare_batch} patches each")
+    log(f"[3/5] FCN-8s vs U-Net from scratch (width {s.compare_width}, class-balanced loss), {s.compare_steps} "
+        f"steps of {s.compare_batch} patches each: a glimpse; benchmarks/train_scenes.py trains them for minutes")
     runs = {"FCN-8s on the classifier (transfer)": transfer}
     scores = {}
     for name, title in (("fcn8s", "FCN-8s"), ("unet", "U-Net")):
         result, run = _train_dense(out, s, name, title, clock, progress, steps=s.compare_steps,
-                                   batch=s.compare_batch, width=s.compare_width)
+                                   batch=s.compare_batch, width=s.compare_width, class_weights="balanced")
         runs[f"{title} from scratch"] = run
         scores[title] = result.metrics
         log(f"      {title}: mean IU {result.metrics['mean_iu']:.3f}, pixel accuracy "
@@ -220,11 +223,11 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
     from fcnkit.reporting.pictures import class_scores, heatmap_panels
 
     log(f"[1/5] training digit_classifier (width {s.clf_width}) for {s.clf_steps} steps of {s.clf_batch} labelled "
-        f"32x32 windows, then convolutionalizing it")
+        f"{s.clf_window}x{s.clf_window} windows, then convolutionalizing it")
     with clock("train digit_classifier"):
         result = train(TrainConfig(
             model="digit_classifier", data="scenes", batch_size=s.clf_batch, steps=s.clf_steps, lr=s.clf_lr,
-            width=s.clf_width, eval_every=max(1, s.clf_steps // s.evaluations), checkpoint_every=s.clf_steps,
+            width=s.clf_width, model_options={"window": s.clf_window}, eval_every=max(1, s.clf_steps // s.evaluations), checkpoint_every=s.clf_steps,
             val_count=s.clf_val_windows, windows=s.clf_windows, out=str(out / "digit_classifier"), seed=s.seed,
             progress=progress))
     accuracy = float(result.metrics["pixel_accuracy"])
@@ -272,12 +275,14 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
     from fcnkit.training.evaluate import heatmap_localization
 
     with clock("heat maps at digit centres"):
-        loc = heatmap_localization(fcn, DigitScenes("val", size=s.val_size, count=s.val_count, seed=s.seed))
+        loc = heatmap_localization(fcn, DigitScenes("val", size=s.loc_size, count=s.loc_count, seed=s.seed))
     log(f"      heat maps peak within 4 px of {loc['hits']} of {loc['centres']} held-out digit centres "
-        f"({100 * (loc['fraction'] or 0):.1f}%)")
+        f"({100 * (loc['fraction'] or 0):.1f}%; {loc['border']} more lie too near the edge of the "
+        f"{s.loc_count} {s.loc_size}x{s.loc_size} scenes for a whole window to be centred on them)")
     report.add_key_values("Heat maps: one pass vs sliding the window", {
         "held-out digit centres where the right digit's map peaks within 4 px":
             f"{loc['hits']}/{loc['centres']} ({100 * (loc['fraction'] or 0):.1f}%)",
+        "digit centres too near the scene's edge for a whole window (not counted)": loc["border"],
         "scene": f"{s.heat_size}×{s.heat_size}", "windows": all_windows, "one FCN pass (s)": round(fcn_seconds, 3),
         "sliding-window loop (s)": round(sliding_seconds, 2), "how the loop was timed": how,
         "speed-up": f"{sliding_seconds / fcn_seconds:.1f}×",
@@ -299,8 +304,8 @@ def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
         f"({torch.get_num_threads()} torch threads)")
     report = Report("fcnkit demo", subtitle="built-in digit scenes" + (" · quick run" if quick else ""))
     report.add_text("What this is", (
-        "The FCN story in order: a 32×32 window classifier turned into an FCN draws heat maps of every digit in one "
-        "pass; the same classifier becomes the encoder of a segmentation FCN (the FCN paper's transfer) that "
+        f"The FCN story in order: a {s.clf_window}×{s.clf_window} window classifier turned into an FCN draws heat "
+        "maps of every digit in one pass; the same classifier becomes the encoder of a segmentation FCN (the FCN paper's transfer) that "
         "labels every pixel; FCN-8s and U-Net trained from scratch for comparison; tiled inference over a large "
         "scene equals whole-image inference. Scenes are made of scikit-learn's handwritten digits; the held-out "
         "scenes use handwriting never seen in training."))

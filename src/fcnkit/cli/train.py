@@ -44,12 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mirror.add_argument("--mirror", action="store_true", default=None,
                         help="flip training patches left-right (default: only for mirror-safe data, e.g. photos)")
     mirror.add_argument("--no-mirror", dest="mirror", action="store_false", help="never flip training patches")
+    parser.add_argument("--class-weights", type=_class_weights, metavar="balanced|W0,W1,...",
+                        help="per-class loss weights: balanced (sqrt of median frequency / class frequency, measured "
+                             "on the first training batches) or one number per class (default: unweighted)")
     parser.add_argument("--backbone", metavar="CKPT",
                         help="trained classifier for the transfer models fcn32s_on/fcn16s_on/fcn8s_on")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
                         help="adamw, or sgd with momentum 0.9 (default adamw)")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (default 1e-4)")
     parser.add_argument("--width", type=float, help="channel multiplier of the model (default: the model's, 1.0)")
+    parser.add_argument("--model-option", action="append", default=[], type=_model_option, metavar="NAME=VALUE",
+                        help="another option of the model's builder, e.g. window=48 for digit_classifier "
+                             "(repeatable; an unknown NAME is refused with the list of the model's options)")
     parser.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last.pt (its --width and model options come from "
@@ -71,6 +77,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
+def _model_option(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, found {text!r}; pass e.g. --model-option window=48")
+    for parse in (int, float):
+        try:
+            return name, parse(value)
+        except ValueError:
+            pass
+    return name, {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _class_weights(text: str) -> str | list[float]:
+    if text in ("balanced", "none"):
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'balanced', 'none' or comma-separated numbers (one per class), "
+                                         f"found {text!r}; pass e.g. --class-weights balanced") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from fcnkit.training.loop import TrainConfig, train
 
@@ -78,11 +106,13 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         model=args.model, data=args.data, num_classes=args.num_classes, patch=args.patch,
         batch_size=args.batch_size, steps=steps, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, width=args.width, out=args.out or f"runs/{args.model}", resume=args.resume, overwrite=args.overwrite,
+        weight_decay=args.weight_decay, width=args.width, model_options=dict(args.model_option),
+        out=args.out or f"runs/{args.model}", resume=args.resume, overwrite=args.overwrite,
         device=args.device, init_from=args.init_from, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, seed=args.seed, val_size=args.val_size, val_count=args.val_count,
         schedule=args.schedule, warmup=args.warmup, precision=args.precision, mirror=args.mirror,
-        backbone=args.backbone, progress="off" if args.no_progress else args.progress, quiet=args.quiet,
+        class_weights=args.class_weights, backbone=args.backbone,
+        progress="off" if args.no_progress else args.progress, quiet=args.quiet,
     )
     result = train(config)
     if not result.is_main or args.quiet:

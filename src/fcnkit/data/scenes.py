@@ -33,6 +33,8 @@ DIGITS_PER_PIXEL = 1 / 700  # placement attempts per pixel of scene; about half 
 GAP = 2  # pixels kept free between two digit boxes
 _SPLIT_CODE = {"train": 0, "val": 1}
 _WINDOW_STREAM = 7  # keeps classification windows' random numbers apart from the scenes'
+JITTER = 1  # a digit window's centre is within JITTER px (each axis) of the digit's centre
+MISS = 4.0  # a background window has no digit centre within MISS px: a heat map must peak at the digit's centre
 
 
 @functools.cache
@@ -198,13 +200,27 @@ class DigitScenes:
         return f"DigitScenes(split={self.split!r}, size={self.size}, count={self.count}, seed={self.seed})"
 
 
+def _ink_centres(label: np.ndarray, boxes: list[tuple[int, int, int, int, int]], targets: np.ndarray) -> np.ndarray:
+    """``(n, 3)`` float rows ``(cy, cx, class)`` of every digit in ``boxes`` with ink: the centre of the bounding box
+    of its fully inked pixels (what a person, and ``heatmap_localization``, calls the digit's centre)."""
+    found = []
+    for top, left, bh, bw, pick in boxes:
+        cls = int(targets[pick]) + 1
+        rows, cols = np.nonzero(label[top : top + bh, left : left + bw] == cls)
+        if len(rows):
+            found.append((top + (rows.min() + rows.max()) / 2, left + (cols.min() + cols.max()) / 2, cls))
+    return np.asarray(found, dtype=np.float64).reshape(-1, 3)
+
+
 def classification_windows(
     split: str, count: int, *, seed: int = 0, size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Windows for training a digit classifier, balanced over the 11 classes.
+    """Windows for training a digit classifier, balanced over the 11 classes, cut from rendered scenes.
 
-    A window of class ``d + 1`` has a digit ``d`` centred within 2 pixels of its centre (and may show parts of
-    other digits near its edges); a window of class 0 has no digit centre within ``size / 4`` of its centre.
+    A window of class ``d + 1`` has the centre of a digit ``d`` (of its inked pixels) within 2 pixels of its own
+    centre, and shows the neighbouring digits of a scene at their scene density in part; a window of class 0 has no
+    digit centre within ``size / 4`` of its centre. Each scene gives every window it can, so a window costs a
+    small fraction of a scene.
 
     Returns:
         images ``(count, size, size, 3)`` uint8 and labels ``(count,)`` int64, shuffled; a pure function of the
@@ -219,20 +235,35 @@ def classification_windows(
     count, size = int(count), int(size)
     order = _rng(seed, _WINDOW_STREAM, _SPLIT_CODE[split])
     labels = order.permutation(np.arange(count) % len(CLASS_NAMES)).astype(np.int64)
+    wanted = np.bincount(labels, minlength=len(CLASS_NAMES))
+    found: list[list[np.ndarray]] = [[] for _ in CLASS_NAMES]
     targets = _digits(split)[1]
-    by_digit = [np.flatnonzero(targets == d) for d in range(10)]
-    canvas = 2 * size  # room for neighbours that the window shows only in part
-    middle = canvas / 2
+    side = 6 * size  # a scene with room for a few dozen digits
+    centre = (size - 1) / 2
+    scene = 0
+    while any(len(f) < n for f, n in zip(found, wanted)):
+        rng = _rng(seed, _WINDOW_STREAM, _SPLIT_CODE[split], scene)
+        scene += 1
+        boxes = _place(rng, side, side, targets)
+        image, label = _render(rng, side, side, boxes, split)
+        digits = _ink_centres(label, boxes, targets)
+        # digits, each shifted by up to JITTER px; background: near misses (a digit centre MISS to 2 * MISS px
+        # away) and random spots, kept only when no digit centre lies within MISS px
+        jitter = rng.integers(-JITTER, JITTER + 1, (len(digits), 2))
+        angle, radius = rng.uniform(0, 2 * np.pi, len(digits)), rng.uniform(MISS, 2 * MISS, len(digits))
+        spots = np.concatenate([digits[:, :2] + radius[:, None] * np.stack([np.sin(angle), np.cos(angle)], 1),
+                                rng.uniform(centre, side - 1 - centre, (len(digits) + 8, 2))])
+        near = np.hypot(*(spots[:, None, :] - digits[None, :, :2]).transpose(2, 0, 1)).min(axis=1) \
+            if len(digits) else np.full(len(spots), np.inf)
+        candidates = [(cy + dy, cx + dx, int(cls)) for (cy, cx, cls), (dy, dx) in zip(digits, jitter)]
+        candidates += [(*spots[i], 0) for i in rng.permutation(len(spots)) if near[i] >= MISS]
+        for cy, cx, cls in candidates:
+            top, left = int(round(cy - centre)), int(round(cx - centre))
+            if len(found[cls]) < wanted[cls] and 0 <= top <= side - size and 0 <= left <= side - size:
+                found[cls].append(image[top : top + size, left : left + size])
     images = np.empty((count, size, size, 3), dtype=np.uint8)
+    taken = [0] * len(CLASS_NAMES)
     for i, cls in enumerate(labels):
-        rng = _rng(seed, _WINDOW_STREAM, _SPLIT_CODE[split], i)
-        if cls == 0:
-            boxes = _place(rng, canvas, canvas, targets, keep_out=(middle, middle, size / 4))
-        else:
-            side = int(rng.integers(DIGIT_SIZES[0], size - 3))
-            cy, cx = middle + rng.integers(-2, 3, 2)
-            first = (int(cy - side / 2), int(cx - side / 2), side, side, int(rng.choice(by_digit[cls - 1])))
-            boxes = _place(rng, canvas, canvas, targets, first=first)
-        image, _ = _render(rng, canvas, canvas, boxes, split)
-        images[i] = image[size // 2 : size // 2 + size, size // 2 : size // 2 + size]
+        images[i] = found[cls][taken[cls]]
+        taken[cls] += 1
     return images, labels

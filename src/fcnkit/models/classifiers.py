@@ -79,32 +79,44 @@ class HeatmapNet(nn.Module):
 
 
 class DigitClassifier(nn.Module):
-    """Shapes: (N, in_channels, 32, 32) raw 0-255 -> (N, num_classes) logits; other sizes raise ``InputError``.
+    """Shapes: (N, in_channels, W, W) raw 0-255 -> (N, num_classes) logits for its ``window`` W (32 by default);
+    other sizes raise ``InputError``.
 
-    ``features`` uses unpadded convolutions and two 2x2 poolings (total stride 4, receptive field 32), ending at
-    (N, 64w, 5, 5); ``classifier`` is Flatten -> Linear -> ReLU -> Dropout -> Linear, which
-    ``fcnkit.convolutionalize`` turns into a 5x5 and a 1x1 convolution: one score per 4-pixel step of a big image.
+    ``features`` uses unpadded convolutions and two 2x2 poolings (total stride 4), then ``(window - 32) / 16`` more
+    pairs of unpadded convolutions at stride 4, ending at (N, 64w, 5, 5) with a receptive field of ``window``;
+    ``classifier`` is Flatten -> Linear -> ReLU -> Dropout -> Linear, which ``fcnkit.convolutionalize`` turns into a
+    5x5 and a 1x1 convolution: one score per 4-pixel step of a big image. A wider window sees a digit's neighbours
+    and, in a segmentation net built on it (``fcn8s_on``), the whole digit from any of its pixels.
     The head is kept light (64 hidden units at width 1): after convolutionalization the convolutions are shared
     between overlapping windows but the 5x5 head still runs once per window position, so a heavy head would eat
     most of the one-pass speed-up.
     """
 
     output_kind = "classifier"
-    input_size = (32, 32)
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, window: int = 32,
+                 dropout: float = 0.0) -> None:
         super().__init__()
+        if isinstance(window, bool) or not isinstance(window, int) or window < 32 or (window - 32) % 16:
+            raise InputError(f"digit_classifier window: expected 32, 48, 64, ... (32 + a multiple of 16), got "
+                             f"{window!r}; pass window=32 or window=48.")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise InputError(f"digit_classifier dropout: expected a probability in [0, 1), got {dropout!r}.")
         c1, c2, hidden = scaled(32, width), scaled(64, width), scaled(64, width)
         self.in_channels = in_channels
+        self.input_size = (window, window)
         self.normalize = Normalize.for_channels(in_channels)
-        self.features = nn.Sequential(
+        layers = [
             *_conv_relu(in_channels, c1, padding=0), *_conv_relu(c1, c1, padding=0),  # 32 -> 28
             nn.MaxPool2d(2, stride=2),  # 14
             *_conv_relu(c1, c2, padding=0), *_conv_relu(c2, c2, padding=0),  # 10
-            nn.MaxPool2d(2, stride=2),  # 5
-        )
+            nn.MaxPool2d(2, stride=2),  # 5 (window 32)
+        ]
+        for _ in range((window - 32) // 16):  # each pair: 4 cells fewer at stride 4, 16 px more field
+            layers += [*_conv_relu(c2, c2, padding=0), *_conv_relu(c2, c2, padding=0)]
+        self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), he_init_(nn.Linear(c2 * 5 * 5, hidden)), nn.ReLU(inplace=True), nn.Dropout(),
+            nn.Flatten(), he_init_(nn.Linear(c2 * 5 * 5, hidden)), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
 
@@ -133,6 +145,7 @@ def heatmap_net(*, num_classes: int, in_channels: int = 3, width: float = 1.0) -
 
 
 @register_model
-def digit_classifier(*, num_classes: int = 11, in_channels: int = 3, width: float = 1.0) -> nn.Module:
-    """32x32 window classifier (11 classes in the digit-scenes demo: background + digits 0-9)."""
-    return DigitClassifier(num_classes, in_channels, width)
+def digit_classifier(*, num_classes: int = 11, in_channels: int = 3, width: float = 1.0, window: int = 32,
+                     dropout: float = 0.0) -> nn.Module:
+    """Window classifier, 32x32 by default (11 classes in the digit-scenes demo: background + digits 0-9)."""
+    return DigitClassifier(num_classes, in_channels, width, window, dropout)

@@ -14,7 +14,7 @@ from torch import nn
 from fcnkit.errors import ModelError
 from fcnkit.layers import Normalize, bilinear_deconv, check_nchw, pad_to_multiple, score_conv
 from fcnkit.models.registry import register_model, scaled
-from fcnkit.models.vgg import POOL_INDICES, vgg16_fc_convs, vgg16_features
+from fcnkit.models.vgg import vgg16_fc_convs, vgg16_features, vgg16_pool_indices
 
 # Skips in the order they are fused: pool4 (stride 16) first, then pool3 (stride 8).
 _SKIP_ORDER = ("pool4", "pool3")
@@ -32,14 +32,17 @@ class FCN(nn.Module):
     output_kind = "dense"
     multiple = 32
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, skips: tuple[str, ...] = ()):
+    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, skips: tuple[str, ...] = (),
+                 batch_norm: bool = False):
         super().__init__()
         if tuple(skips) != _SKIP_ORDER[: len(skips)]:
             raise ModelError(f"FCN skips: expected a prefix of {_SKIP_ORDER}, got {skips!r}.")
         self.skips = tuple(skips)
         self.in_channels = in_channels
         self.normalize = Normalize.for_channels(in_channels)
-        self.features = vgg16_features(in_channels, width)  # torchvision keys features.N.*
+        self.batch_norm = bool(batch_norm)
+        self.features = vgg16_features(in_channels, width, self.batch_norm)  # torchvision keys features.N.*
+        self.pool_indices = vgg16_pool_indices(self.batch_norm)
         self.classifier = vgg16_fc_convs(width)  # fc6 = classifier.0, fc7 = classifier.3
         self.score_fr = score_conv(scaled(4096, width), num_classes)
         # Each skip doubles the resolution of the running scores, then adds the skip's own scores (zero-initialised,
@@ -64,9 +67,9 @@ class FCN(nn.Module):
         pools = {}
         for index, layer in enumerate(self.features):
             x = layer(x)
-            if index == POOL_INDICES["pool3"]:
+            if index == self.pool_indices["pool3"]:
                 pools["pool3"] = x  # (N, 256w, Hp/8, Wp/8)
-            elif index == POOL_INDICES["pool4"]:
+            elif index == self.pool_indices["pool4"]:
                 pools["pool4"] = x  # (N, 512w, Hp/16, Wp/16)
         x = self.classifier(x)  # fc7: (N, 4096w, Hp/32, Wp/32)
         score = self.score_fr(x)  # (N, K, Hp/32, Wp/32)
@@ -78,18 +81,18 @@ class FCN(nn.Module):
 
 
 @register_model
-def fcn32s(*, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
-    """FCN-32s: VGG16 scores upsampled 32x in one step."""
-    return FCN(num_classes, in_channels, width, skips=())
+def fcn32s(*, num_classes: int, in_channels: int = 3, width: float = 1.0, batch_norm: bool = False) -> nn.Module:
+    """FCN-32s: VGG16 scores upsampled 32x in one step (``batch_norm``: the vgg16_bn backbone)."""
+    return FCN(num_classes, in_channels, width, skips=(), batch_norm=batch_norm)
 
 
 @register_model
-def fcn16s(*, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
-    """FCN-16s: FCN-32s fused with pool4 scores, upsampled 16x."""
-    return FCN(num_classes, in_channels, width, skips=("pool4",))
+def fcn16s(*, num_classes: int, in_channels: int = 3, width: float = 1.0, batch_norm: bool = False) -> nn.Module:
+    """FCN-16s: FCN-32s fused with pool4 scores, upsampled 16x (``batch_norm``: the vgg16_bn backbone)."""
+    return FCN(num_classes, in_channels, width, skips=("pool4",), batch_norm=batch_norm)
 
 
 @register_model
-def fcn8s(*, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
-    """FCN-8s: FCN-16s fused with pool3 scores, upsampled 8x."""
-    return FCN(num_classes, in_channels, width, skips=("pool4", "pool3"))
+def fcn8s(*, num_classes: int, in_channels: int = 3, width: float = 1.0, batch_norm: bool = False) -> nn.Module:
+    """FCN-8s: FCN-16s fused with pool3 scores, upsampled 8x (``batch_norm``: the vgg16_bn backbone)."""
+    return FCN(num_classes, in_channels, width, skips=("pool4", "pool3"), batch_norm=batch_norm)

@@ -24,8 +24,12 @@ POOL_INDICES = {"pool3": 16, "pool4": 23, "pool5": 30}
 FC_CHANNELS = 4096
 
 
-def vgg16_features(in_channels: int = 3, width: float = 1.0) -> nn.Sequential:
-    """VGG16's 13 padded 3x3 convolutions and 5 max-pools: (N, C, H, W) -> (N, 512w, H/32, W/32)."""
+def vgg16_features(in_channels: int = 3, width: float = 1.0, batch_norm: bool = False) -> nn.Sequential:
+    """VGG16's 13 padded 3x3 convolutions and 5 max-pools: (N, C, H, W) -> (N, 512w, H/32, W/32).
+
+    ``batch_norm``: BatchNorm after every convolution, torchvision's ``vgg16_bn`` layout (which trains from scratch
+    in far fewer steps; its layer indices differ, see :func:`vgg16_pool_indices`).
+    """
     layers: list[nn.Module] = []
     channels = in_channels
     for item in VGG16_CONFIG:
@@ -33,9 +37,22 @@ def vgg16_features(in_channels: int = 3, width: float = 1.0) -> nn.Sequential:
             layers.append(nn.MaxPool2d(2, stride=2))
         else:
             out = scaled(item, width)
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(channels, out, 3, padding=1),
+                       *([nn.BatchNorm2d(out)] if batch_norm else []), nn.ReLU(inplace=True)]
             channels = out
     return he_init_(nn.Sequential(*layers))
+
+
+def vgg16_pool_indices(batch_norm: bool = False) -> dict[str, int]:
+    """Indices in ``features`` of pool3, pool4 and pool5 (:data:`POOL_INDICES` without BatchNorm)."""
+    indices, index, pools = {}, -1, 0
+    for item in VGG16_CONFIG:
+        index += 1 if item == "M" else (3 if batch_norm else 2)
+        if item == "M":
+            pools += 1
+            if pools >= 3:
+                indices[f"pool{pools}"] = index
+    return indices
 
 
 def vgg16_fc_convs(width: float = 1.0) -> nn.Sequential:
@@ -55,8 +72,10 @@ def _vgg16_targets(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters of ``model`` that a VGG16 weight file fills, by torchvision key."""
     features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
     if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Sequential) or len(features) != 31:
-        raise ModelError(f"load_vgg16_weights: expected a model with VGG16 'features' (31 layers) and 'classifier' "
-                         f"(fc6/fc7 convolutions) such as build_model('fcn8s', ...), got {type(model).__name__}.")
+        raise ModelError(f"load_vgg16_weights: expected a model with VGG16 'features' (31 layers, no BatchNorm) "
+                         f"and 'classifier' (fc6/fc7 convolutions) such as build_model('fcn8s', ...), got "
+                         f"{type(model).__name__}{' with batch_norm=True' if getattr(model, 'batch_norm', False) else ''}"
+                         f"; ImageNet VGG16 weights fit batch_norm=False.")
     targets = {}
     for index, layer in enumerate(features):
         if isinstance(layer, nn.Conv2d):

@@ -182,7 +182,8 @@ def add_run_sections(report: Report, run: RunInfo, pictures: str | os.PathLike, 
         return made
     if kind == "classifier":
         picture = _classifier_samples(run, pictures)
-        caption = "Each digit's probability for the 32×32 window centred at each pixel, in one FCN pass."
+        h, w = getattr(run.model, "input_size", ("H", "W"))
+        caption = f"Each digit's probability for the {h}×{w} window centred at each pixel, in one FCN pass."
     else:
         picture = _dense_samples(run, pictures, samples)
         caption = "Validation images the model never saw in training; colours follow the class legend."

@@ -53,6 +53,8 @@ class TrainConfig:
     windows: int | None = None  # labelled training windows of a classifier (None: training.setup.TRAIN_WINDOWS)
     precision: str = "auto"  # auto (bf16 autocast where the device has native bf16) | fp32 | bf16
     mirror: bool | None = None  # flip patches left-right; None: if the dataset is mirror_safe
+    class_weights: str | list[float] | None = None  # None | "balanced" | one weight per class (dense models)
+    colour_jitter: bool = True  # classifier windows: permute the colour channels, invert colours (scenes only)
     backbone: str | None = None  # a classifier checkpoint for the *_on transfer models (fcn8s_on, ...)
     progress: bool | str = "auto"  # auto (a bar on a terminal, else a line every few seconds) | bar | lines | off
     quiet: bool = False  # print nothing, not even the validation scores
@@ -93,6 +95,17 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.warmup is not None and (isinstance(cfg.warmup, bool) or not isinstance(cfg.warmup, int)
                                    or cfg.warmup < 0):
         raise InputError(f"warmup: expected a number of steps >= 0, found {cfg.warmup!r}; pass e.g. --warmup 100.")
+    if isinstance(cfg.class_weights, str) and cfg.class_weights not in ("none", "balanced"):
+        raise InputError(f"class_weights: expected 'balanced', 'none' or one weight per class, found "
+                         f"{cfg.class_weights!r}; pass --class-weights balanced or e.g. --class-weights 1,4,4.")
+    if cfg.class_weights is not None and not isinstance(cfg.class_weights, str):
+        for w in cfg.class_weights:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise InputError(f"class_weights: expected numbers >= 0, found {w!r} in {list(cfg.class_weights)}; "
+                                 f"pass e.g. --class-weights 1,4,4.")
+        if not any(w > 0 for w in cfg.class_weights):
+            raise InputError("class_weights: expected at least one weight above 0, found all zero; pass e.g. "
+                             "--class-weights 1,4,4.")
     if cfg.precision not in PRECISIONS:
         raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, found {cfg.precision!r}; pass "
                          f"--precision auto (bf16 where the hardware has it), fp32 or bf16.")

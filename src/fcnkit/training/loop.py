@@ -37,8 +37,8 @@ from fcnkit.losses import pixel_cross_entropy
 from fcnkit.training.config import TrainConfig, check_config, progress_mode
 from fcnkit.training.precision import autocast_dtype
 from fcnkit.training.progress import Progress
-from fcnkit.training.setup import (Batches, add_windows, build_optimizer, init_from_checkpoint, open_data,
-                                   resume_model_options, transfer_model)
+from fcnkit.training.setup import (Batches, add_windows, build_optimizer, class_weights, init_from_checkpoint,
+                                   open_data, resume_model_options, transfer_model)
 from fcnkit.signals import Interrupted, on_interrupt, requested_signal, stop_requested
 
 
@@ -226,7 +226,7 @@ class _Run:
         # bf16 autocast runs convolutions in bf16 where the hardware has it; weights, optimizer and loss stay fp32.
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             logits = self.net(x)
-        return pixel_cross_entropy(logits.float(), y)
+        return pixel_cross_entropy(logits.float(), y, weight=self.class_weights)
 
     def _evaluate(self) -> dict:
         # Evaluation must not draw from the training run's random streams, or a resumed run would diverge.
@@ -281,6 +281,10 @@ class _Run:
     def run(self) -> TrainResult:
         cfg, losses, metrics = self.cfg, {}, None
         batches = Batches(self.data, cfg, self.dist, start_step=self.step)
+        self.class_weights = class_weights(cfg, batches, self.num_classes)
+        if self.class_weights is not None and self.dist.is_main and not cfg.quiet:
+            print(f"fcnkit: class weights {', '.join(f'{w:.2f}' for w in self.class_weights.tolist())}",
+                  file=sys.stderr)
         self.progress = Progress(f"train {cfg.model}", total=self.steps, initial=self.step, mode=progress_mode(cfg),
                                  quiet=cfg.quiet or not self.dist.is_main)
         self.net.train()

@@ -23,6 +23,7 @@ from fcnkit.errors import CheckpointError, DataError, InputError
 # with 2,200 windows (which the classifier had seen 44 times each by then).
 TRAIN_WINDOWS = 8800
 VAL_WINDOWS = 550
+_COLOUR_STREAM = 11  # keeps the colour augmentation's random numbers apart from the window order's
 
 
 class _First:
@@ -139,6 +140,8 @@ class Batches:
         self.local = cfg.batch_size // dist.world_size
         self.dist, self.seed, self.step = dist, cfg.seed, start_step
         self.windows = data.train_windows
+        self.colour_jitter = bool(cfg.colour_jitter)
+        self._epoch_order: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
         if self.windows is None:
             from fcnkit.data import PatchSampler
 
@@ -148,12 +151,27 @@ class Batches:
         images, labels = self.windows
         n = len(images)
         first = (self.step * self.dist.world_size + self.dist.rank) * self.local
-        picks = []
+        picks, orders, inverted = [], [], []
         for sample in range(first, first + self.local):
             epoch, position = divmod(sample, n)
             # every window once per epoch, in an order drawn from (seed, epoch) alone
-            picks.append(int(np.random.default_rng([self.seed, epoch]).permutation(n)[position]))
-        return images[picks], labels[picks]
+            picks.append(int(self._order(epoch)[position]))
+            # colour augmentation, drawn from (seed, sample): the scenes' colours are random, so a window with its
+            # channels permuted or its colours inverted is another window of the same class
+            rng = np.random.default_rng([self.seed, _COLOUR_STREAM, sample])
+            orders.append(rng.permutation(3))
+            inverted.append(rng.random() < 0.5)
+        x = images[picks]  # (B, 3, h, w) 0-255
+        if self.colour_jitter and x.shape[1] == 3:
+            x = x[torch.arange(len(picks))[:, None], torch.as_tensor(np.stack(orders))]
+            flip = torch.as_tensor(inverted)
+            x[flip] = 255.0 - x[flip]
+        return x, labels[picks]
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._epoch_order[0] != epoch:
+            self._epoch_order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.windows[0])))
+        return self._epoch_order[1]
 
     def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.windows is not None:
@@ -163,6 +181,39 @@ class Batches:
         self.step += 1
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         return x, y.to(device, non_blocking=True)
+
+
+def class_weights(cfg: TrainConfig, batches: Batches, num_classes: int, *, sample: int = 16) -> torch.Tensor | None:
+    """The per-class loss weights of ``cfg.class_weights``: None (unweighted), a list of K numbers, or "balanced".
+
+    "balanced" counts the labels of the first ``sample`` training batches (a pure function of the seed, so a resumed
+    run computes the same weights) and weighs class c by sqrt(median frequency / frequency of c): a rare class
+    counts more, but only by the square root of its rarity, and a class absent from the sample gets the largest
+    weight of those present. Classifier runs (balanced windows) get None for "balanced".
+    """
+    given = cfg.class_weights
+    if given is None or given == "none":
+        return None
+    if not isinstance(given, str):
+        weights = torch.tensor([float(w) for w in given])
+        if weights.numel() != num_classes:
+            raise InputError(f"class_weights: expected {num_classes} numbers (one per class), found "
+                             f"{weights.numel()}; pass --class-weights balanced or {num_classes} comma-separated "
+                             f"weights.")
+        return weights
+    if batches.windows is not None:
+        return None
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for step in range(sample):
+        _, y = batches.sampler.batch(cfg.batch_size, step)  # the whole batch: every DDP rank gets the same weights
+        y = y[y < num_classes]  # the ignore label is no class
+        counts += torch.bincount(y.flatten().long(), minlength=num_classes)[:num_classes].double()
+    present = counts > 0
+    frequency = counts / counts.sum()
+    weights = torch.zeros(num_classes, dtype=torch.float64)
+    weights[present] = (frequency[present].median() / frequency[present]).sqrt()
+    weights[~present] = weights[present].max()
+    return weights.float()
 
 
 def warmup_steps(cfg: TrainConfig, steps: int) -> int:
