@@ -1,14 +1,19 @@
-"""Train FCN-32s, FCN-16s, FCN-8s, U-Net and SegNet with one budget on the digit scenes; score held-out scenes.
+"""Train every segmentation model on the digit scenes with one time budget each; score held-out scenes.
 
-Every model trains from scratch on 64x64 patches of the training scenes with the same steps, batch, optimizer and
-seed, then is evaluated on whole 256x256 validation scenes (handwriting never seen in training). The paper's
-finding to check (Long et al. 2015, Table 2): skips help, FCN-8s >= FCN-16s >= FCN-32s in mean IU.
+Every dense model trains from scratch on 64x64 patches of the training scenes with the same recipe and seed for
+``--minutes`` of training (the number of steps is set from a measured step time, so the one-cycle schedule ends on
+time), then is evaluated on whole 256x256 validation scenes (handwriting never seen in training). The paper's
+finding to check (Long et al. 2015, Table 2): skips help, FCN-8s >= FCN-16s >= FCN-32s in mean IU; ``--staged``
+also trains FCN-16s from the FCN-32s run and FCN-8s from that (``--init-from``), each for the same budget.
+
+``--classifier`` first trains the digit window classifier (its held-out window accuracy and the heat-map
+localisation score) and then ``fcn8s_on``, FCN-8s on that classifier (transfer), for the same budget.
 
 The recipe is fcnkit train's default (AdamW 3e-3, one-cycle, bf16 autocast where native, no mirroring of the
-scenes); ``--backbone runs/digits/best.pt`` adds fcn8s_on, FCN-8s on that trained classifier (transfer). The
-1-minute load average is recorded: figures measured while others share the CPU say so.
+scenes) plus the options given here. The 1-minute load average is recorded: figures measured while others share
+the CPU say so.
 
-    python benchmarks/train_scenes.py --steps 1600           # Markdown table; JSON to benchmarks/results/
+    python benchmarks/train_scenes.py --minutes 6 --classifier      # Markdown table; JSON to benchmarks/results/
 """
 
 from __future__ import annotations
@@ -26,70 +31,140 @@ from fcnkit.training.loop import TrainConfig, train
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "unet", "segnet")
 HERE = Path(__file__).resolve().parent
+CLASSIFIER = dict(model="digit_classifier", width=1.0, model_options={"window": 48}, batch_size=64, steps=3000,
+                  windows=17600, val_count=1100)
 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def step_seconds(cfg: TrainConfig, probe: int = 12) -> float:
+    """Seconds per training step of ``cfg``'s model, from a throw-away run of ``probe`` steps (its first steps pay
+    one-off costs, so this errs long and the real run ends a little inside its budget)."""
+    result = train(TrainConfig(**{**cfg.__dict__, "steps": probe, "eval_every": 0, "val_count": 1,
+                                  "out": cfg.out + "-probe", "overwrite": True, "class_weights": None}))
+    log = [json.loads(ln) for ln in (result.out / "metrics.jsonl").read_text().splitlines()]
+    return log[-1]["time"] / probe
+
+
+def train_row(name: str, args: argparse.Namespace, *, minutes: float, init_from: str | None = None,
+              label: str | None = None, **options) -> dict:
+    out = HERE / "out" / "train_scenes" / (label or name)
+    base = dict(model=name, data="scenes", patch=64, batch_size=args.batch_size, lr=args.lr, optimizer="adamw",
+                schedule=args.schedule, precision=args.precision, val_size=256, val_count=args.val_count,
+                out=str(out), overwrite=True, progress=False, init_from=init_from,
+                class_weights=args.class_weights, **options)
+    if "width" not in options:
+        base["width"] = args.width
+    if name.startswith("fcn") and not name.endswith("_on") and args.batch_norm:
+        base["model_options"] = {"batch_norm": True}
+    per_step = step_seconds(TrainConfig(**base, steps=1))
+    steps = max(10, int(minutes * 60 / per_step))
+    started, load = time.perf_counter(), _load()
+    result = train(TrainConfig(**base, steps=steps, eval_every=max(1, steps // 4), checkpoint_every=steps))
+    log = [json.loads(ln) for ln in (result.out / "metrics.jsonl").read_text().splitlines()]
+    train_time = log[-1]["time"]  # training steps only, evaluation excluded
+    row = {"model": label or name, **{k: result.metrics[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu",
+                                                                        "fw_iu")},
+           "iu": result.metrics["iu"], "curve": [(r["step"], r["time"], r["mean_iu"]) for r in log],
+           "steps": steps, "probe_s_per_step": per_step, "s_per_step": train_time / steps,
+           "train_minutes": train_time / 60, "images_per_s": steps * args.batch_size / train_time,
+           "params": sum(p.numel() for p in torch.load(result.last_checkpoint, weights_only=True)[
+               "state_dict"].values()),
+           "wall_s": time.perf_counter() - started, "load_before": load, "load_after": _load(),
+           "checkpoint": str(result.best_checkpoint or result.last_checkpoint)}
+    print(f"{row['model']}: mean IU {_pct(row['mean_iu'])} after {steps} steps, {row['train_minutes']:.1f} min of "
+          f"training, load {load} -> {row['load_after']}", flush=True)
+    return row
+
+
+def classifier_row(args: argparse.Namespace) -> dict:
+    from fcnkit.convert import convolutionalize
+    from fcnkit.data.scenes import DigitScenes
+    from fcnkit.loading import load_model
+    from fcnkit.training.evaluate import heatmap_localization
+
+    started, load = time.perf_counter(), _load()
+    result = train(TrainConfig(**CLASSIFIER, data="scenes", eval_every=1000, checkpoint_every=3000,
+                               out=str(HERE / "out" / "train_scenes" / "digit_classifier"), overwrite=True,
+                               progress=False))
+    log = [json.loads(ln) for ln in (result.out / "metrics.jsonl").read_text().splitlines()]
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    model = load_model(checkpoint).eval()
+    fcn = convolutionalize(model, input_size=model.input_size).eval()
+    loc = heatmap_localization(fcn, DigitScenes("val", size=512, count=4))
+    row = {"model": "digit_classifier", "window_accuracy": result.metrics["pixel_accuracy"], "localization": loc,
+           "steps": CLASSIFIER["steps"], "train_minutes": log[-1]["time"] / 60,
+           "wall_s": time.perf_counter() - started, "load_before": load, "load_after": _load(),
+           "checkpoint": str(checkpoint)}
+    print(f"digit_classifier: window accuracy {row['window_accuracy']:.3f}, heat maps peak within 4 px of "
+          f"{loc['hits']}/{loc['centres']} held-out centres ({_pct(loc['fraction'])}%; {loc['border']} at the "
+          f"edge), {row['train_minutes']:.1f} min", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1600, help="optimizer steps per model (default 1600)")
+    parser.add_argument("--minutes", type=float, default=6.0, help="training minutes per model (default 6)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--width", type=float, default=0.25, help="channel multiplier (default 0.25)")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate (one-cycle)")
     parser.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine", "poly"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--backbone", help="a trained digit_classifier checkpoint: adds fcn8s_on (transfer)")
+    parser.add_argument("--class-weights", default="balanced", help="balanced (default) or none")
+    parser.add_argument("--batch-norm", action="store_true", help="FCN-32s/16s/8s on the vgg16_bn backbone")
+    parser.add_argument("--classifier", action="store_true",
+                        help="also train digit_classifier, then fcn8s_on (transfer) on it")
+    parser.add_argument("--staged", action="store_true", help="also FCN-16s from FCN-32s and FCN-8s from that")
     parser.add_argument("--val-count", type=int, default=16, help="held-out 256x256 scenes to score")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "train_scenes.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    rows = []
-    models = [*args.models, *(["fcn8s_on"] if args.backbone else [])]
-    for name in models:
-        started, load = time.perf_counter(), round(os.getloadavg()[0], 2)
-        transfer = name == "fcn8s_on"
-        result = train(TrainConfig(
-            model=name, data="scenes", patch=64, batch_size=args.batch_size, steps=args.steps,
-            width=None if transfer else args.width, backbone=args.backbone if transfer else None,
-            lr=args.lr, optimizer="adamw", schedule=args.schedule, precision=args.precision, eval_every=0, checkpoint_every=args.steps, val_size=256,
-            val_count=args.val_count, out=str(HERE / "out" / "train_scenes" / name), overwrite=True, progress=False,
-        ))
-        log = [json.loads(ln) for ln in (result.out / "metrics.jsonl").read_text().splitlines()]
-        train_time = log[-1]["time"]  # training steps only, evaluation excluded
-        row = {"model": name, **{k: result.metrics[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu",
-                                                                 "fw_iu")},
-               "final_loss": log[-1]["loss"], "s_per_step": train_time / args.steps,
-               "images_per_s": args.steps * args.batch_size / train_time,
-               "params": sum(p.numel() for p in torch.load(result.last_checkpoint, weights_only=True)[
-                   "state_dict"].values()),
-               "wall_s": time.perf_counter() - started, "load_before": load,
-               "load_after": round(os.getloadavg()[0], 2)}
-        rows.append(row)
-        print(f"{name}: mean IU {_pct(row['mean_iu'])}, {row['s_per_step']:.3f} s/step, load {load} -> "
-              f"{row['load_after']}", flush=True)
+    rows, classifier = [], None
+    if args.classifier:
+        classifier = classifier_row(args)
+        rows.append(train_row("fcn8s_on", args, minutes=args.minutes, backbone=classifier["checkpoint"], width=None))
+    for name in args.models:
+        rows.append(train_row(name, args, minutes=args.minutes))
+    if args.staged:
+        start = next((r for r in rows if r["model"] == "fcn32s"), None) or train_row("fcn32s", args,
+                                                                                   minutes=args.minutes)
+        fcn16 = train_row("fcn16s", args, minutes=args.minutes, init_from=start["checkpoint"],
+                          label="fcn16s (from fcn32s)")
+        rows += [fcn16, train_row("fcn8s", args, minutes=args.minutes, init_from=fcn16["checkpoint"],
+                                  label="fcn8s (from fcn16s)")]
 
-    print(f"\nBudget: {args.steps} steps x {args.batch_size} patches of 64x64, AdamW lr {args.lr:g} ({args.schedule}, "
-          f"{args.precision}), width "
-          f"{args.width:g}; scored on {args.val_count} held-out 256x256 scenes; {torch.get_num_threads()} "
-          f"thread(s), {platform.processor() or platform.machine()}.\n")
-    print("| model | pixel acc. | mean acc. | mean IU | f.w. IU | s/step | train min | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    budget = {k: getattr(args, k) for k in ("minutes", "batch_size", "width", "lr", "schedule", "precision",
+                                            "class_weights", "batch_norm", "val_count")}
+    print(f"\nBudget: {args.minutes:g} min of training per model, batches of {args.batch_size} 64x64 patches, AdamW "
+          f"lr {args.lr:g} ({args.schedule}, {args.precision}), class weights {args.class_weights}, width "
+          f"{args.width:g}{', FCNs with BatchNorm' if args.batch_norm else ''}; scored on {args.val_count} held-out "
+          f"256x256 scenes; {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}.\n")
+    if classifier:
+        loc = classifier["localization"]
+        print(f"digit_classifier (width 1, 48x48 windows, {classifier['steps']} steps of 64, "
+              f"{classifier['train_minutes']:.1f} min): held-out window accuracy "
+              f"{_pct(classifier['window_accuracy'])}%; heat maps peak within 4 px of {_pct(loc['fraction'])}% of "
+              f"{loc['centres']} held-out digit centres\n")
+    print("| model | steps | train min | pixel acc. | mean acc. | mean IU | f.w. IU | images/s | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {_pct(r['pixel_accuracy'])} | {_pct(r['mean_accuracy'])} | {_pct(r['mean_iu'])} "
-              f"| {_pct(r['fw_iu'])} | {r['s_per_step']:.3f} | {r['s_per_step'] * args.steps / 60:.1f} | "
+        print(f"| {r['model']} | {r['steps']} | {r['train_minutes']:.1f} | {_pct(r['pixel_accuracy'])} | "
+              f"{_pct(r['mean_accuracy'])} | {_pct(r['mean_iu'])} | {_pct(r['fw_iu'])} | {r['images_per_s']:.1f} | "
               f"{r['load_before']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    budget = {k: getattr(args, k) for k in ("steps", "batch_size", "width", "lr", "schedule", "precision",
-                                            "val_count")}
     args.out.write_text(json.dumps({"budget": {**budget, "patch": 64, "val_size": 256,
-                                               "threads": torch.get_num_threads()}, "results": rows}, indent=2)
-                        + "\n")
+                                               "threads": torch.get_num_threads()},
+                                    "classifier": classifier, "results": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

@@ -79,6 +79,20 @@ def test_upsample_places_cells_at_window_centres() -> None:
     np.testing.assert_allclose(heat[:, 5], np.full(8, 0.5), rtol=1e-6)
 
 
+def test_upsample_can_leave_the_band_without_window_centres_empty_and_overlay_shows_the_image_there() -> None:
+    grid = np.array([[0.0, 1.0, 2.0]])
+    heat = upsample_grid(grid, image_size=(1, 14), window=(1, 8), stride=(1, 3), outside=np.nan)
+    # window centres at 4, 7 and 10: only pixels within half a stride (1.5) of that span keep a value
+    assert np.isnan(heat[0, :2]).all() and np.isnan(heat[0, 12:]).all()
+    assert not np.isnan(heat[0, 2:12]).any()
+    np.testing.assert_allclose(heat[0, 2:12], upsample_grid(grid, image_size=(1, 14), window=(1, 8),
+                                                            stride=(1, 3))[0, 2:12])
+    image = np.full((1, 14, 3), 100, dtype=np.uint8)
+    blended = overlay(image, heat, cmap="gray", alpha=0.5)
+    np.testing.assert_array_equal(blended[:, :2], image[:, :2])  # no score: the image alone
+    np.testing.assert_array_equal(blended[:, 2:12], overlay(image[:, 2:12], heat[:, 2:12], cmap="gray", alpha=0.5))
+
+
 def test_overlay_blends_and_checks() -> None:
     image = np.full((4, 5, 3), 100, dtype=np.uint8)
     blended = overlay(image, np.ones((4, 5)), cmap="gray", alpha=0.5)

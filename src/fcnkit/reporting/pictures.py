@@ -33,7 +33,8 @@ def as_rgb(image: object) -> np.ndarray:
 
 def overlay(image: object, heat: np.ndarray, *, cmap: str = "jet", alpha: float = 0.5,
             vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
-    """Blend ``heat`` (H, W), coloured by ``cmap`` over [vmin, vmax], onto ``image``: (H, W, 3) uint8."""
+    """Blend ``heat`` (H, W), coloured by ``cmap`` over [vmin, vmax], onto ``image``: (H, W, 3) uint8; NaN pixels
+    (no score there) keep the image."""
     import matplotlib
 
     rgb = as_rgb(image)
@@ -43,8 +44,11 @@ def overlay(image: object, heat: np.ndarray, *, cmap: str = "jet", alpha: float 
                          f"upsample it first (fcnkit.reporting.pictures.upsample_grid).")
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"overlay(alpha=...): expected a value in [0, 1], got {alpha}.")
-    colours = matplotlib.colormaps[cmap](np.clip((heat - vmin) / (vmax - vmin), 0.0, 1.0))[:, :, :3] * 255.0
-    return np.rint((1.0 - alpha) * rgb + alpha * colours).astype(np.uint8)
+    missing = np.isnan(heat)
+    colours = matplotlib.colormaps[cmap](np.clip((np.where(missing, vmin, heat) - vmin) / (vmax - vmin), 0.0, 1.0))
+    blended = (1.0 - alpha) * rgb + alpha * colours[:, :, :3] * 255.0
+    blended[missing] = rgb[missing]
+    return np.rint(blended).astype(np.uint8)
 
 
 def _interpolation(size: int, cells: int, window: int, stride: int) -> np.ndarray:
@@ -61,15 +65,25 @@ def _interpolation(size: int, cells: int, window: int, stride: int) -> np.ndarra
 
 
 def upsample_grid(grid: np.ndarray, *, image_size: tuple[int, int], window: tuple[int, int],
-                  stride: tuple[int, int]) -> np.ndarray:
-    """A (H', W') per-window grid as an (H, W) map: bilinear between window centres (stride*i + window/2)."""
+                  stride: tuple[int, int], outside: float | None = None) -> np.ndarray:
+    """A (H', W') per-window grid as an (H, W) map: bilinear between window centres (stride*i + window/2).
+
+    Pixels beyond the first/last centre take the nearest cell, or ``outside`` (e.g. NaN: no window is centred
+    there) when given and they lie more than half a stride beyond it.
+    """
     grid = np.asarray(grid, dtype=np.float64)
     if grid.ndim != 2 or 0 in grid.shape:
         raise InputError(f"upsample_grid: expected a non-empty (H', W') grid, got shape {grid.shape}; the image "
                          f"must hold at least one full window.")
     rows = _interpolation(image_size[0], grid.shape[0], window[0], stride[0])
     cols = _interpolation(image_size[1], grid.shape[1], window[1], stride[1])
-    return (rows @ grid @ cols.T).astype(np.float32)  # (H, W)
+    heat = (rows @ grid @ cols.T).astype(np.float32)  # (H, W)
+    if outside is not None:
+        for axis, (size, cells, w, st) in enumerate(zip(image_size, grid.shape, window, stride)):
+            centre = np.arange(size) + 0.5 - w / 2.0  # pixel centre relative to window 0's centre
+            far = (centre < -st / 2.0) | (centre > (cells - 1) * st + st / 2.0)
+            heat[(far, slice(None)) if axis == 0 else (slice(None), far)] = outside
+    return heat
 
 
 def class_scores(model: nn.Module, image: object) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
@@ -334,7 +348,8 @@ def heatmap_panels(out: str | os.PathLike, image: object, probs: object, *, wind
     axes[0].imshow(rgb, interpolation="nearest")
     axes[0].set_title("image", fontsize=11)
     for ax, k in zip(axes[1:], classes):
-        heat = upsample_grid(grid[k], image_size=rgb.shape[:2], window=tuple(window), stride=tuple(stride))
+        heat = upsample_grid(grid[k], image_size=rgb.shape[:2], window=tuple(window), stride=tuple(stride),
+                             outside=np.nan)  # the edge band where no window is centred shows the image alone
         ax.imshow(overlay(grey, heat, cmap=cmap, alpha=alpha), interpolation="nearest")
         ax.set_title(f"{class_names[k]}: peak {grid[k].max():.2f}", fontsize=11)
     for ax in axes:
