@@ -111,7 +111,7 @@ def test_heatmap_localization_counts_peaks_near_centres_and_skips_digits_no_wind
     logits[3, 6, 3] = 30.0  # 12 px left of digit 3's centre: a miss
     scenes = [(np.zeros((40, 40, 3), dtype=np.uint8), label)]
     result = heatmap_localization(_FixedMaps(logits), scenes)
-    assert result == {"centres": 2, "hits": 1, "fraction": 0.5, "border": 1}
+    assert result == {"centres": 2, "hits": 1, "fraction": 0.5, "border": 1, "step": 4}
     logits[3, 6, 6] = 40.0
     assert heatmap_localization(_FixedMaps(logits), scenes)["hits"] == 2
     assert heatmap_localization(_FixedMaps(logits), scenes, radius=1.0)["border"] == 2  # digit 1: 1.41 px > radius

@@ -274,14 +274,19 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
     from fcnkit.data.scenes import DigitScenes
     from fcnkit.training.evaluate import heatmap_localization
 
+    scenes = DigitScenes("val", size=s.loc_size, count=s.loc_count, seed=s.seed)
     with clock("heat maps at digit centres"):
-        loc = heatmap_localization(fcn, DigitScenes("val", size=s.loc_size, count=s.loc_count, seed=s.seed))
+        coarse = heatmap_localization(fcn, scenes)  # the one pass: a window every `stride` px
+        loc = heatmap_localization(fcn, scenes, step=1)  # shift-and-stitch: every window, stride^2 passes
     log(f"      heat maps peak within 4 px of {loc['hits']} of {loc['centres']} held-out digit centres "
-        f"({100 * (loc['fraction'] or 0):.1f}%; {loc['border']} more lie too near the edge of the "
-        f"{s.loc_count} {s.loc_size}x{s.loc_size} scenes for a whole window to be centred on them)")
+        f"({100 * (loc['fraction'] or 0):.1f}%) scoring every window (shift-and-stitch, {stride[0] ** 2} passes); "
+        f"{100 * (coarse['fraction'] or 0):.1f}% on the one pass's {stride[0]}-px grid; {loc['border']} more lie "
+        f"too near the edge of the {s.loc_count} {s.loc_size}x{s.loc_size} scenes for a whole window")
     report.add_key_values("Heat maps: one pass vs sliding the window", {
-        "held-out digit centres where the right digit's map peaks within 4 px":
+        "held-out digit centres where the right digit's map peaks within 4 px (every window, shift-and-stitch)":
             f"{loc['hits']}/{loc['centres']} ({100 * (loc['fraction'] or 0):.1f}%)",
+        f"the same on the one pass's {stride[0]}-px grid":
+            f"{coarse['hits']}/{coarse['centres']} ({100 * (coarse['fraction'] or 0):.1f}%)",
         "digit centres too near the scene's edge for a whole window (not counted)": loc["border"],
         "scene": f"{s.heat_size}×{s.heat_size}", "windows": all_windows, "one FCN pass (s)": round(fcn_seconds, 3),
         "sliding-window loop (s)": round(sliding_seconds, 2), "how the loop was timed": how,

@@ -33,12 +33,13 @@ from fcnkit.convert.net import ConvolutionalizedNet
 from fcnkit.convert.plan import plan_rewrite
 from fcnkit.convert.reference import Verification, sliding_window, verify
 from fcnkit.convert.rewrite import apply_plan
+from fcnkit.convert.stitch import shift_and_stitch
 from fcnkit.convert.windows import ConversionWarning, PaddingWarning, PartialWindowWarning, exact_window, warnings_for
 from fcnkit.errors import ConversionError, InputError
 from fcnkit.geometry.ops import trace
 
 __all__ = ["ConversionWarning", "ConvolutionalizedNet", "PaddingWarning", "PartialWindowWarning", "Verification",
-           "convolutionalize", "sliding_window", "verify"]
+           "convolutionalize", "shift_and_stitch", "sliding_window", "verify"]
 
 # Input growth used to measure the stride: divisible by every stride built from 2**10, 3, 3, 5 and 7.
 _PROBE = 2**10 * 3**2 * 5 * 7

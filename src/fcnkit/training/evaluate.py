@@ -155,7 +155,7 @@ def _log_odds(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def heatmap_localization(fcn: nn.Module, scenes: Sequence, *, radius: float = 4.0, search: float = 16.0,
-                         min_pixels: int = 20) -> dict:
+                         min_pixels: int = 20, step: int | None = None) -> dict:
     """How well a convolutionalized digit classifier's heat maps find held-out digits, as one number.
 
     For every digit in ``scenes`` (items ``(image (H, W, 3), label (H, W))``; a digit is a connected region of one
@@ -164,16 +164,22 @@ def heatmap_localization(fcn: nn.Module, scenes: Sequence, *, radius: float = 4.
     The map is the class's probability, compared as log-odds so that "certain" windows are not ties. A window's
     score sits at the window's centre. A digit whose centre no window centre comes within ``radius`` px
     of (it is too near the image's edge for a whole window centred on it) cannot be hit by any map: it is counted
-    in ``border`` and left out of ``centres``. Returns ``{"centres", "hits", "fraction", "border"}``.
+    in ``border`` and left out of ``centres``. ``step``: score windows every ``step`` px by shift-and-stitch
+    (:func:`fcnkit.convert.shift_and_stitch`, (stride / step)^2 passes); None: one pass, a window per stride.
+    Returns ``{"centres", "hits", "fraction", "border", "step"}``.
     """
     from scipy import ndimage
 
-    window, stride = fcn.window, fcn.stride
+    from fcnkit.convert import shift_and_stitch
+
+    window = fcn.window
+    stride = fcn.stride if step is None else (step, step)
     hits = centres = border = 0
     for image, label in scenes:
         x = torch.as_tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1)[None]
         with torch.inference_mode():
-            probs = _log_odds(fcn.eval()(x)[0].double()).numpy()  # (K, H', W')
+            grid = fcn.eval()(x) if step is None else shift_and_stitch(fcn.eval(), x, step=step)
+            probs = _log_odds(grid[0].double()).numpy()  # (K, H', W')
         ys = stride[0] * np.arange(probs.shape[1]) + (window[0] - 1) / 2  # window centres
         xs = stride[1] * np.arange(probs.shape[2]) + (window[1] - 1) / 2
         label = np.asarray(label)
@@ -194,4 +200,5 @@ def heatmap_localization(fcn: nn.Module, scenes: Sequence, *, radius: float = 4.
                 i, j = np.unravel_index(int(near.argmax()), near.shape)
                 centres += 1
                 hits += bool(np.hypot(ys[rows][i] - cy, xs[cols][j] - cx) <= radius)
-    return {"centres": centres, "hits": hits, "fraction": hits / centres if centres else None, "border": border}
+    return {"centres": centres, "hits": hits, "fraction": hits / centres if centres else None, "border": border,
+            "step": stride[0]}
