@@ -14,6 +14,7 @@ scenes) plus the options given here. The 1-minute load average is recorded: figu
 the CPU say so.
 
     python benchmarks/train_scenes.py --minutes 6 --classifier      # Markdown table; JSON to benchmarks/results/
+    python benchmarks/train_scenes.py --plot                        # docs/images/train_scenes.png from the JSON
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from fcnkit.training.loop import TrainConfig, train
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "unet", "segnet")
 HERE = Path(__file__).resolve().parent
+PICTURE = HERE.parent / "docs" / "images" / "train_scenes.png"
 CLASSIFIER = dict(model="digit_classifier", width=1.0, model_options={"window": 48}, batch_size=64, steps=3000,
                   windows=17600, val_count=1100)
 
@@ -112,6 +114,17 @@ def classifier_row(args: argparse.Namespace) -> dict:
     return row
 
 
+def plot(results: dict, path: Path) -> Path:
+    """Held-out mean IU against steps and training seconds, one line per model of the saved results."""
+    from fcnkit.reporting.curves import compare_curves
+
+    runs = {row["model"]: [{"step": s, "time": t, "mean_iu": m} for s, t, m in row["curve"]]
+            for row in results["results"]}
+    budget = results["budget"]
+    return compare_curves(runs, path, title=f"digit scenes, {budget['minutes']:g} min of training each "
+                                            f"(width {budget['width']:g}, batch {budget['batch_size']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=6.0, help="training minutes per model (default 6)")
@@ -129,7 +142,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "train_scenes.json")
+    parser.add_argument("--plot", action="store_true", help=f"only draw {PICTURE.name} from the saved results")
     args = parser.parse_args()
+    if args.plot:
+        print(plot(json.loads(args.out.read_text()), PICTURE))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -104,3 +104,34 @@ def test_backbone_only_for_transfer_models(tmp_path, capsys):
 
     model = load_checkpoint(seg / "last.pt")  # rebuilt from its own metadata, without the backbone file
     assert model.fcnkit_spec["options"]["backbone"]["name"] == "digit_classifier"
+
+
+def test_model_options_and_class_weights_reach_the_run(tmp_path, capsys):
+    from fcnkit.checkpoint import read_checkpoint
+
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--model", "fcn32s", "--model-option", "batch_norm=true",
+                 "--class-weights", "0.5,1,1,1,1,1,1,1,1,1,2"]) == 0
+    assert "fcnkit: class weights 0.50, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 2.00" \
+        in capsys.readouterr().err
+    saved = read_checkpoint(out / "last.pt")
+    assert saved["model"]["options"]["batch_norm"] is True
+    assert saved["extra"]["config"]["class_weights"] == [0.5] + [1.0] * 9 + [2.0]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model-option", "window"], "expected NAME=VALUE, found 'window'; pass e.g. --model-option window=48"),
+    (["--model-option", "windw=48"], "model 'encoder_decoder': unknown option 'windw'"),
+    (["--model-option", "width=0.5"], "expected an option other than width, found 'width=0.5'; pass --width 0.5"),
+    (["--class-weights", "heavy"], "expected 'balanced', 'none' or comma-separated numbers (one per class), found "
+                                   "'heavy'"),
+    (["--class-weights", "1,2"], "class_weights: expected 11 numbers (one per class), found 2"),
+])
+def test_bad_model_options_and_class_weights_exit_2(tmp_path, capsys, argv, message):
+    try:
+        code = main([*TRAIN, "--out", str(tmp_path / "run"), *argv])
+    except SystemExit as stop:  # argparse's own refusals (a flag's format) exit from the parser
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -81,6 +81,8 @@ def _model_option(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, found {text!r}; pass e.g. --model-option window=48")
+    if name == "width":
+        raise argparse.ArgumentTypeError(f"expected an option other than width, found {text!r}; pass --width {value}")
     for parse in (int, float):
         try:
             return name, parse(value)

@@ -70,7 +70,7 @@ def compare_curves(runs: dict[str, list[dict]], out: str | os.PathLike, *, title
 
     if not any(runs.values()):
         raise InputError("runs: expected at least one run with evaluation records, found none.")
-    fig = Figure(figsize=(10.0, 3.6), layout="constrained")
+    fig = Figure(figsize=(12.0, 3.6), layout="constrained")
     step_ax, time_ax = fig.subplots(1, 2, sharey=True)
     for label, records in runs.items():
         points = [(r["step"], r.get("time"), r["mean_iu"]) for r in records if r.get("mean_iu") is not None]
@@ -80,7 +80,7 @@ def compare_curves(runs: dict[str, list[dict]], out: str | os.PathLike, *, title
             time_ax.plot(seconds, scores, "o-", label=label)
     step_ax.set(xlabel="step", ylabel="held-out mean IU", ylim=(0.0, 1.0))
     time_ax.set(xlabel="training seconds (evaluation excluded)")
-    time_ax.legend(fontsize=9, frameon=False, loc="lower right")
+    time_ax.legend(fontsize=9, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside, not over
     return _finish(fig, (step_ax, time_ax), title, out)
 
 
