@@ -1,10 +1,11 @@
 """Train every segmentation model on the digit scenes with one time budget each; score held-out scenes.
 
-Every dense model trains from scratch on 64x64 patches of the training scenes with the same recipe and seed for
-``--minutes`` of training (the number of steps is set from a measured step time, so the one-cycle schedule ends on
-time), then is evaluated on whole 256x256 validation scenes (handwriting never seen in training). The paper's
-finding to check (Long et al. 2015, Table 2): skips help, FCN-8s >= FCN-16s >= FCN-32s in mean IU; ``--staged``
-also trains FCN-16s from the FCN-32s run and FCN-8s from that (``--init-from``), each for the same budget.
+Every dense model trains from scratch on 64x64 patches (``--patch``) of the training scenes with the same recipe
+and seed for ``--minutes`` of training (the number of steps is set from a measured step time, so the one-cycle
+schedule ends on time), then is evaluated on whole 256x256 validation scenes (handwriting never seen in
+training). The paper's finding to check (Long et al. 2015, Table 2): skips help, FCN-8s >= FCN-16s >= FCN-32s
+in mean IU; ``--staged`` also trains FCN-16s from the FCN-32s run and FCN-8s from that (``--init-from``), each
+for the same budget.
 
 ``--classifier`` first trains the digit window classifier (its held-out window accuracy and the heat-map
 localisation score) and then ``fcn8s_on``, FCN-8s on that classifier (transfer), for the same budget.
@@ -57,9 +58,9 @@ def step_seconds(cfg: TrainConfig, probe: int = 12) -> float:
 def train_row(name: str, args: argparse.Namespace, *, minutes: float, init_from: str | None = None,
               label: str | None = None, **options) -> dict:
     out = HERE / "out" / "train_scenes" / (label or name)
-    base = dict(model=name, data="scenes", patch=64, batch_size=args.batch_size, lr=args.lr, optimizer="adamw",
-                schedule=args.schedule, precision=args.precision, val_size=256, val_count=args.val_count,
-                out=str(out), overwrite=True, progress=False, init_from=init_from,
+    base = dict(model=name, data="scenes", patch=args.patch, batch_size=args.batch_size, lr=args.lr,
+                optimizer="adamw", schedule=args.schedule, precision=args.precision, val_size=256,
+                val_count=args.val_count, out=str(out), overwrite=True, progress=False, init_from=init_from,
                 class_weights=args.class_weights, **options)
     if "width" not in options:
         base["width"] = args.width
@@ -129,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=6.0, help="training minutes per model (default 6)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--patch", type=int, default=64, help="side of the training patches (default 64)")
     parser.add_argument("--width", type=float, default=0.25, help="channel multiplier (default 0.25)")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate (one-cycle)")
     parser.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine", "poly"))
@@ -164,11 +166,12 @@ def main() -> None:
         rows += [fcn16, train_row("fcn8s", args, minutes=args.minutes, init_from=fcn16["checkpoint"],
                                   label="fcn8s (from fcn16s)")]
 
-    budget = {k: getattr(args, k) for k in ("minutes", "batch_size", "width", "lr", "schedule", "precision",
-                                            "class_weights", "batch_norm", "val_count")}
-    print(f"\nBudget: {args.minutes:g} min of training per model, batches of {args.batch_size} 64x64 patches, AdamW "
-          f"lr {args.lr:g} ({args.schedule}, {args.precision}), class weights {args.class_weights}, width "
-          f"{args.width:g}{', FCNs with BatchNorm' if args.batch_norm else ''}; scored on {args.val_count} held-out "
+    budget = {k: getattr(args, k) for k in ("minutes", "batch_size", "patch", "width", "lr", "schedule",
+                                            "precision", "class_weights", "batch_norm", "val_count")}
+    print(f"\nBudget: {args.minutes:g} min of training per model, batches of {args.batch_size} "
+          f"{args.patch}x{args.patch} patches, AdamW lr {args.lr:g} ({args.schedule}, {args.precision}), class "
+          f"weights {args.class_weights}, width {args.width:g}{', FCNs with BatchNorm' if args.batch_norm else ''}; "
+          f"scored on {args.val_count} held-out "
           f"256x256 scenes; {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}.\n")
     if classifier:
         loc = classifier["localization"]
@@ -184,7 +187,7 @@ def main() -> None:
               f"{_pct(r['mean_accuracy'])} | {_pct(r['mean_iu'])} | {_pct(r['fw_iu'])} | {r['images_per_s']:.1f} | "
               f"{r['load_before']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"budget": {**budget, "patch": 64, "val_size": 256,
+    args.out.write_text(json.dumps({"budget": {**budget, "val_size": 256,
                                                "threads": torch.get_num_threads()},
                                     "classifier": classifier, "results": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out}")

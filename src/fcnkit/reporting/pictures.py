@@ -357,5 +357,5 @@ def heatmap_panels(out: str | os.PathLike, image: object, probs: object, *, wind
     for ax in axes[len(classes) + 1:]:
         ax.set_axis_off()
     bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=list(axes), shrink=0.6)
-    bar.set_label("class probability of the window centred here", fontsize=10)
+    bar.set_label("class probability of\nthe window centred here", fontsize=10)  # two lines: fits one row of panels
     return write_png(fig, out)
