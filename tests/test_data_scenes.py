@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fcnkit.data import open_dataset, voc_palette
-from fcnkit.data.scenes import CLASS_NAMES, DigitScenes, _digits, classification_windows, make_scene
+from fcnkit.data.scenes import (CLASS_NAMES, JITTER, MISS, DigitScenes, _digits, _ink_centres, _place, _render,
+                                _rng, _window_corners, classification_windows, make_scene)
 from fcnkit.errors import DataError
 
 
@@ -104,9 +105,29 @@ def test_classification_windows_are_balanced_deterministic_and_centred():
     np.testing.assert_array_equal(labels, labels_again)
     other, _ = classification_windows("train", 44, seed=3)
     assert not np.array_equal(images, other)
-    # a centred digit changes the middle of the window much more than the background does
-    middle = images[:, 12:20, 12:20].astype(float)
-    spread = middle.std(axis=(1, 2)).mean(axis=1)
-    assert spread[labels > 0].mean() > 1.5 * spread[labels == 0].mean()
+    wide, _ = classification_windows("val", 22, seed=3, size=48)
+    assert wide.shape == (22, 48, 48, 3)
     with pytest.raises(DataError, match="count >= 1 and size >= 16"):
         classification_windows("val", 0, seed=0)
+
+
+def test_window_corners_centre_digits_and_keep_background_windows_off_every_digit_centre():
+    rng = _rng(5)
+    boxes = _place(rng, 192, 192, _digits("train")[1])
+    _, label = _render(rng, 192, 192, boxes, "train")
+    digits = _ink_centres(label, boxes, _digits("train")[1])
+    assert len(digits) > 10
+    for cy, cx, cls in digits:  # each centre lies on inked pixels' bounding box of its own class
+        assert cls in label[max(0, int(cy) - 16):int(cy) + 17, max(0, int(cx) - 16):int(cx) + 17]
+    corners = _window_corners(rng, digits, 192, 32)
+    assert {c for *_, c in corners} >= {0} and any(c > 0 for *_, c in corners)
+    for top, left, cls in corners:
+        assert 0 <= top <= 160 and 0 <= left <= 160
+        centre = np.array([top + 15.5, left + 15.5])
+        offsets = np.abs(digits[:, :2] - centre)
+        if cls:  # a digit of this class is centred within JITTER (+ half a pixel of rounding) on each axis
+            assert ((offsets.max(axis=1) <= JITTER + 0.5) & (digits[:, 2] == cls)).any()
+        else:  # no digit centre within MISS px
+            assert np.hypot(*offsets.T).min() >= MISS
+    near_misses = [np.hypot(*(digits[:, :2] - (t + 15.5, left + 15.5)).T).min() for t, left, c in corners if c == 0]
+    assert sum(d < 2 * MISS for d in near_misses) >= len(near_misses) / 4  # many background windows are near misses

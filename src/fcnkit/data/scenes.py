@@ -212,15 +212,35 @@ def _ink_centres(label: np.ndarray, boxes: list[tuple[int, int, int, int, int]],
     return np.asarray(found, dtype=np.float64).reshape(-1, 3)
 
 
+def _window_corners(rng: np.random.Generator, digits: np.ndarray, side: int, size: int) -> list[tuple[int, int, int]]:
+    """Top-left corners and classes ``(top, left, class)`` of the ``size``-px windows to cut from a ``side``-px scene
+    whose digits are ``digits`` (rows ``(cy, cx, class)``): each digit, its window shifted by up to JITTER px (plus
+    half a pixel of rounding) per axis; then background, half of it near misses (a digit centre MISS to 2 * MISS px
+    away) and half random spots, kept only where no digit centre lies within MISS px of the window's centre."""
+    centre = (size - 1) / 2
+    jitter = rng.integers(-JITTER, JITTER + 1, (len(digits), 2))
+    angle, radius = rng.uniform(0, 2 * np.pi, len(digits)), rng.uniform(MISS, 2 * MISS, len(digits))
+    spots = np.concatenate([digits[:, :2] + radius[:, None] * np.stack([np.sin(angle), np.cos(angle)], 1),
+                            rng.uniform(centre, side - 1 - centre, (len(digits) + 8, 2))])
+    corners = [(*np.rint(digit[:2] + shift - centre).astype(int), int(digit[2]))
+               for digit, shift in zip(digits, jitter)]
+    for i in rng.permutation(len(spots)):
+        top, left = np.rint(spots[i] - centre).astype(int)
+        if not len(digits) or np.hypot(*(digits[:, :2] - (top + centre, left + centre)).T).min() >= MISS:
+            corners.append((int(top), int(left), 0))
+    return [(t, left, c) for t, left, c in corners if 0 <= t <= side - size and 0 <= left <= side - size]
+
+
 def classification_windows(
     split: str, count: int, *, seed: int = 0, size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
     """Windows for training a digit classifier, balanced over the 11 classes, cut from rendered scenes.
 
-    A window of class ``d + 1`` has the centre of a digit ``d`` (of its inked pixels) within 2 pixels of its own
-    centre, and shows the neighbouring digits of a scene at their scene density in part; a window of class 0 has no
-    digit centre within ``size / 4`` of its centre. Each scene gives every window it can, so a window costs a
-    small fraction of a scene.
+    A window of class ``d + 1`` has the centre of a digit ``d`` (of its inked pixels) within JITTER px (1, plus half
+    a pixel of rounding) of its own centre, and shows the neighbouring digits of a scene at their scene density in
+    part; a window of class 0 has no digit centre within MISS px (4) of its centre, and half of them are near
+    misses, a digit centre 4 to 8 px away: so a convolutionalized classifier peaks where a digit is centred, not
+    merely near it. Each scene gives every window it can, so a window costs a small fraction of a scene.
 
     Returns:
         images ``(count, size, size, 3)`` uint8 and labels ``(count,)`` int64, shuffled; a pure function of the
@@ -239,7 +259,6 @@ def classification_windows(
     found: list[list[np.ndarray]] = [[] for _ in CLASS_NAMES]
     targets = _digits(split)[1]
     side = 6 * size  # a scene with room for a few dozen digits
-    centre = (size - 1) / 2
     scene = 0
     while any(len(f) < n for f, n in zip(found, wanted)):
         rng = _rng(seed, _WINDOW_STREAM, _SPLIT_CODE[split], scene)
@@ -247,19 +266,8 @@ def classification_windows(
         boxes = _place(rng, side, side, targets)
         image, label = _render(rng, side, side, boxes, split)
         digits = _ink_centres(label, boxes, targets)
-        # digits, each shifted by up to JITTER px; background: near misses (a digit centre MISS to 2 * MISS px
-        # away) and random spots, kept only when no digit centre lies within MISS px
-        jitter = rng.integers(-JITTER, JITTER + 1, (len(digits), 2))
-        angle, radius = rng.uniform(0, 2 * np.pi, len(digits)), rng.uniform(MISS, 2 * MISS, len(digits))
-        spots = np.concatenate([digits[:, :2] + radius[:, None] * np.stack([np.sin(angle), np.cos(angle)], 1),
-                                rng.uniform(centre, side - 1 - centre, (len(digits) + 8, 2))])
-        near = np.hypot(*(spots[:, None, :] - digits[None, :, :2]).transpose(2, 0, 1)).min(axis=1) \
-            if len(digits) else np.full(len(spots), np.inf)
-        candidates = [(cy + dy, cx + dx, int(cls)) for (cy, cx, cls), (dy, dx) in zip(digits, jitter)]
-        candidates += [(*spots[i], 0) for i in rng.permutation(len(spots)) if near[i] >= MISS]
-        for cy, cx, cls in candidates:
-            top, left = int(round(cy - centre)), int(round(cx - centre))
-            if len(found[cls]) < wanted[cls] and 0 <= top <= side - size and 0 <= left <= side - size:
+        for top, left, cls in _window_corners(rng, digits, side, size):
+            if len(found[cls]) < wanted[cls]:
                 found[cls].append(image[top : top + size, left : left + size])
     images = np.empty((count, size, size, 3), dtype=np.uint8)
     taken = [0] * len(CLASS_NAMES)
