@@ -88,7 +88,7 @@ class DemoResult:
     metrics: dict  # the segmentation model's (fcn8s_on) scores on held-out scenes: four metrics, per-class "iu"
     class_names: list[str]
     window_accuracy: float  # digit_classifier on held-out windows
-    localization: dict  # heat maps: {"centres", "hits", "fraction"} within 4 px of held-out digit centres
+    localization: dict  # heat maps, every window: {"centres", "hits", "fraction", "border", "step"} (4 px)
     compare: dict[str, dict]  # model -> scores of the from-scratch comparison
     fcn_seconds: float  # one convolutionalized pass over the heat-map scene
     sliding_seconds: float  # the sliding-window loop over the same scene (extrapolated when `sliding_crop` < scene)
@@ -227,7 +227,8 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
     with clock("train digit_classifier"):
         result = train(TrainConfig(
             model="digit_classifier", data="scenes", batch_size=s.clf_batch, steps=s.clf_steps, lr=s.clf_lr,
-            width=s.clf_width, model_options={"window": s.clf_window}, eval_every=max(1, s.clf_steps // s.evaluations), checkpoint_every=s.clf_steps,
+            width=s.clf_width, model_options={"window": s.clf_window},
+            eval_every=max(1, s.clf_steps // s.evaluations), checkpoint_every=s.clf_steps,
             val_count=s.clf_val_windows, windows=s.clf_windows, out=str(out / "digit_classifier"), seed=s.seed,
             progress=progress))
     accuracy = float(result.metrics["pixel_accuracy"])
@@ -310,8 +311,8 @@ def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
     report = Report("fcnkit demo", subtitle="built-in digit scenes" + (" · quick run" if quick else ""))
     report.add_text("What this is", (
         f"The FCN story in order: a {s.clf_window}×{s.clf_window} window classifier turned into an FCN draws heat "
-        "maps of every digit in one pass; the same classifier becomes the encoder of a segmentation FCN (the FCN paper's transfer) that "
-        "labels every pixel; FCN-8s and U-Net trained from scratch for comparison; tiled inference over a large "
+        "maps of every digit in one pass; the same classifier becomes the encoder of a segmentation FCN (the FCN "
+        "paper's transfer) that labels every pixel; FCN-8s and U-Net trained from scratch for comparison; tiled inference over a large "
         "scene equals whole-image inference. Scenes are made of scikit-learn's handwritten digits; the held-out "
         "scenes use handwriting never seen in training."))
     progress = "off" if quick else "auto"

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # PyTorch backs CPU buffers of 2 MB and more with transparent huge pages when this is set before its first
     # allocation: a big tile's activations then fault in 512 times fewer pages (20,480² BigTIFF -> OME-Zarr: kernel
-    # CPU 35.8 -> 20.6 s, wall 44 -> 37 s, README). THP_MEM_ALLOC_ENABLE=0 in the environment keeps 4 KiB pages.
+    # CPU 35.8 -> 22.0 s, wall 44.4 -> 38.1 s, README). THP_MEM_ALLOC_ENABLE=0 in the environment keeps 4 KiB pages.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -72,10 +72,10 @@ def _vgg16_targets(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters of ``model`` that a VGG16 weight file fills, by torchvision key."""
     features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
     if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Sequential) or len(features) != 31:
+        with_bn = " with batch_norm=True" if getattr(model, "batch_norm", False) else ""
         raise ModelError(f"load_vgg16_weights: expected a model with VGG16 'features' (31 layers, no BatchNorm) "
                          f"and 'classifier' (fc6/fc7 convolutions) such as build_model('fcn8s', ...), got "
-                         f"{type(model).__name__}{' with batch_norm=True' if getattr(model, 'batch_norm', False) else ''}"
-                         f"; ImageNet VGG16 weights fit batch_norm=False.")
+                         f"{type(model).__name__}{with_bn}; ImageNet VGG16 weights fit batch_norm=False.")
     targets = {}
     for index, layer in enumerate(features):
         if isinstance(layer, nn.Conv2d):

@@ -159,12 +159,12 @@ def heatmap_localization(fcn: nn.Module, scenes: Sequence, *, radius: float = 4.
     """How well a convolutionalized digit classifier's heat maps find held-out digits, as one number.
 
     For every digit in ``scenes`` (items ``(image (H, W, 3), label (H, W))``; a digit is a connected region of one
-    class of at least ``min_pixels`` pixels, gaps of up to 2 px bridged, its centre the centre of its bounding box), look at the map of its own
-    class within ``search`` px of that centre: a hit when the map's maximum there lies within ``radius`` px of it.
-    The map is the class's probability, compared as log-odds so that "certain" windows are not ties. A window's
-    score sits at the window's centre. A digit whose centre no window centre comes within ``radius`` px
-    of (it is too near the image's edge for a whole window centred on it) cannot be hit by any map: it is counted
-    in ``border`` and left out of ``centres``. ``step``: score windows every ``step`` px by shift-and-stitch
+    class of at least ``min_pixels`` pixels, gaps of up to 2 px bridged, its centre the centre of its bounding box),
+    look at the map of its own class within ``search`` px of that centre: a hit when the map's maximum there lies
+    within ``radius`` px of it. The map is the class's probability, compared as log-odds so that "certain" windows
+    are not ties. A window's score sits at the window's centre. A digit whose centre no window centre comes within
+    ``radius`` px of (it is too near the image's edge for a whole window centred on it) cannot be hit by any map: it
+    is counted in ``border`` and left out of ``centres``. ``step``: score windows every ``step`` px by shift-and-stitch
     (:func:`fcnkit.convert.shift_and_stitch`, (stride / step)^2 passes); None: one pass, a window per stride.
     Returns ``{"centres", "hits", "fraction", "border", "step"}``.
     """
