@@ -131,3 +131,19 @@ def test_window_corners_centre_digits_and_keep_background_windows_off_every_digi
             assert np.hypot(*offsets.T).min() >= MISS
     near_misses = [np.hypot(*(digits[:, :2] - (t + 15.5, left + 15.5)).T).min() for t, left, c in corners if c == 0]
     assert sum(d < 2 * MISS for d in near_misses) >= len(near_misses) / 4  # many background windows are near misses
+
+
+def test_scenes_are_kept_once_rendered_up_to_a_byte_budget_and_handed_out_as_copies(monkeypatch):
+    scenes = DigitScenes("train", size=64, count=3, seed=2)
+    image, label = scenes[1]
+    image[:] = 0  # a caller writing into its copy changes nothing for the next one
+    again, label_again = scenes[1]
+    fresh, fresh_label = make_scene(64, split="train", seed=2, index=1)
+    np.testing.assert_array_equal(again, fresh)
+    np.testing.assert_array_equal(label_again, fresh_label)
+    assert 1 in scenes._cache and scenes._cached_bytes == fresh.nbytes + fresh_label.nbytes
+    np.testing.assert_array_equal(scenes[-2][0], fresh)  # negative indices share the entry
+    monkeypatch.setattr(DigitScenes, "CACHE_BYTES", 0)
+    uncached = DigitScenes("train", size=64, count=3, seed=2)
+    np.testing.assert_array_equal(uncached[1][0], fresh)
+    assert not uncached._cache
