@@ -239,7 +239,7 @@ def test_bad_options_and_arguments():
         build_model("unet", num_classes=2, in_channels=2.5)
     with pytest.raises(ModelError, match=r"option width: expected a positive channel multiplier .* got -1"):
         build_model("unet", num_classes=2, width=-1)
-    assert model_options("fcn8s") == {"width": 1.0}
+    assert model_options("fcn8s") == {"width": 1.0, "batch_norm": False}
 
 
 def test_duplicate_registration_raises():
