@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -124,6 +125,7 @@ def train(config: TrainConfig) -> TrainResult:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible matmuls
     # Exact resume needs reproducible kernels; warn_only keeps ops without a deterministic variant usable.
     torch.use_deterministic_algorithms(True, warn_only=True)
+    run = None
     try:
         with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
             run = _Run(config, dist, held)
@@ -131,6 +133,11 @@ def train(config: TrainConfig) -> TrainResult:
                 return run.run()
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        # DDP's reducer holds the process group: free it first, or the group outlives destroy_process_group and is
+        # torn down with the interpreter, where gloo's threads can abort the process.
+        del run
+        if dist.active:
+            gc.collect()
         _ddp.teardown(dist)
 
 
