@@ -312,9 +312,9 @@ def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
     report.add_text("What this is", (
         f"The FCN story in order: a {s.clf_window}×{s.clf_window} window classifier turned into an FCN draws heat "
         "maps of every digit in one pass; the same classifier becomes the encoder of a segmentation FCN (the FCN "
-        "paper's transfer) that labels every pixel; FCN-8s and U-Net trained from scratch for comparison; tiled inference over a large "
-        "scene equals whole-image inference. Scenes are made of scikit-learn's handwritten digits; the held-out "
-        "scenes use handwriting never seen in training."))
+        "paper's transfer) that labels every pixel; FCN-8s and U-Net trained from scratch for comparison; tiled "
+        "inference over a large scene equals whole-image inference. Scenes are made of scikit-learn's handwritten "
+        "digits; the held-out scenes use handwriting never seen in training."))
     progress = "off" if quick else "auto"
     heat = _heatmaps(out, s, report, clock, log, progress=progress)
     result, run = _transfer(out, s, heat["checkpoint"], report, clock, log, progress=progress)

@@ -19,8 +19,6 @@ from fcnkit.models.registry import scaled
 
 # Convolutions per block and their channels; "M" is a 2x2 max-pool (torchvision's configuration "D").
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
-# Indices in ``features`` of pool3, pool4 and pool5 (outputs at strides 8, 16, 32).
-POOL_INDICES = {"pool3": 16, "pool4": 23, "pool5": 30}
 FC_CHANNELS = 4096
 
 
@@ -44,7 +42,8 @@ def vgg16_features(in_channels: int = 3, width: float = 1.0, batch_norm: bool = 
 
 
 def vgg16_pool_indices(batch_norm: bool = False) -> dict[str, int]:
-    """Indices in ``features`` of pool3, pool4 and pool5 (:data:`POOL_INDICES` without BatchNorm)."""
+    """Indices in ``features`` of pool3, pool4 and pool5 (outputs at strides 8, 16, 32; :data:`POOL_INDICES`
+    without BatchNorm)."""
     indices, index, pools = {}, -1, 0
     for item in VGG16_CONFIG:
         index += 1 if item == "M" else (3 if batch_norm else 2)
@@ -53,6 +52,9 @@ def vgg16_pool_indices(batch_norm: bool = False) -> dict[str, int]:
             if pools >= 3:
                 indices[f"pool{pools}"] = index
     return indices
+
+
+POOL_INDICES = vgg16_pool_indices()  # torchvision's vgg16: {'pool3': 16, 'pool4': 23, 'pool5': 30}
 
 
 def vgg16_fc_convs(width: float = 1.0) -> nn.Sequential:

@@ -51,11 +51,16 @@ def overlay(image: object, heat: np.ndarray, *, cmap: str = "jet", alpha: float 
     return np.rint(blended).astype(np.uint8)
 
 
+def _cell_position(size: int, window: int, stride: int) -> np.ndarray:
+    """Each pixel's position in cells: 0 at window 0's centre, 1 at window 1's, and so on (unclipped)."""
+    # Cell i's window covers pixels [stride*i, stride*i + window): its centre is at stride*i + window/2, while
+    # pixel y's centre is at y + 0.5.
+    return (np.arange(size) + 0.5 - window / 2.0) / stride
+
+
 def _interpolation(size: int, cells: int, window: int, stride: int) -> np.ndarray:
     """(size, cells) weights giving each pixel the linear interpolation of the window centres around it."""
-    # Cell i's window covers pixels [stride*i, stride*i + window): its centre is at stride*i + window/2, while
-    # pixel y's centre is at y + 0.5. Pixels beyond the first/last centre take the nearest cell.
-    u = np.clip((np.arange(size) + 0.5 - window / 2.0) / stride, 0.0, cells - 1.0)
+    u = np.clip(_cell_position(size, window, stride), 0.0, cells - 1.0)  # beyond the end centres: the nearest cell
     lo = np.floor(u).astype(int)
     hi = np.minimum(lo + 1, cells - 1)
     weights = np.zeros((size, cells))
@@ -80,8 +85,8 @@ def upsample_grid(grid: np.ndarray, *, image_size: tuple[int, int], window: tupl
     heat = (rows @ grid @ cols.T).astype(np.float32)  # (H, W)
     if outside is not None:
         for axis, (size, cells, w, st) in enumerate(zip(image_size, grid.shape, window, stride)):
-            centre = np.arange(size) + 0.5 - w / 2.0  # pixel centre relative to window 0's centre
-            far = (centre < -st / 2.0) | (centre > (cells - 1) * st + st / 2.0)
+            u = _cell_position(size, w, st)
+            far = (u < -0.5) | (u > cells - 0.5)  # more than half a stride beyond the end centres
             heat[(far, slice(None)) if axis == 0 else (slice(None), far)] = outside
     return heat
 
