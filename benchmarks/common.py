@@ -40,6 +40,15 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, Any, float, float]:
+    """``(seconds, result, user_s, system_s)`` of one call: wall time, and the CPU time of all of this process's
+    threads in user and in kernel mode during it (``getrusage``)."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds, result = timed(fn)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return seconds, result, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+
+
 def run_isolated(target: str, *, timeout: float | None = None, env: dict[str, str] | None = None,
                  **kwargs: Any) -> dict:
     """Run ``module:function(**kwargs)`` in a fresh Python process; its dict result plus ``peak_rss_bytes``."""

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS, markdown_table, run_isolated, write_results  # noqa: E402
+from benchmarks.common import RESULTS, markdown_table, run_isolated, timed_cpu, write_results  # noqa: E402
 
 BUDGETS = ["256MB", "512MB", "1GB", "2GB", "4GB", "8GB", "default"]
 MODELS = ["unet", "encoder_decoder"]
@@ -44,15 +42,10 @@ def sweep_one(model_name: str, size: int, budget: str, precision: str = "fp32", 
     predict_tiled(model, image[:64, :64], precision=precision)  # warm-up: oneDNN picks its kernels
     limit = None if budget == "default" else budget
     plan = plan_prediction(model, image, memory_limit=limit, output="labels", precision=precision)
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
-    predict_tiled(model, image, plan=plan, output="labels")
-    seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF)
+    seconds, _, user, system = timed_cpu(lambda: predict_tiled(model, image, plan=plan, output="labels"))
     return {"model": model_name, "width": width, "size": size, "budget": budget, "precision": precision,
             "tile": f"{plan.tile[0]}×{plan.tile[1]}", "tiles": len(plan.tiles), "overhead": plan.overhead,
-            "seconds": seconds, "megapixels_per_s": size * size / 1e6 / seconds,
-            "user_s": after.ru_utime - before.ru_utime, "system_s": after.ru_stime - before.ru_stime}
+            "seconds": seconds, "megapixels_per_s": size * size / 1e6 / seconds, "user_s": user, "system_s": system}
 
 
 def run(models: list[str], size: int, budgets: list[str], precision: str, width: float) -> list[dict]:

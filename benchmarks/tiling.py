@@ -31,7 +31,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import OUT, RESULTS, markdown_table, run_isolated, timed, write_results  # noqa: E402
+from benchmarks.common import OUT, RESULTS, markdown_table, run_isolated, timed, timed_cpu, write_results  # noqa: E402
 
 SMALL_MODEL = {"name": "encoder_decoder", "width": 0.125}  # ~1 MP/s on the 2 shared cores: 32k in ~15 min
 CROP = 1024  # side of the whole-image reference crop at sizes where the whole image does not fit
@@ -177,7 +177,6 @@ def out_of_core(side: int, memory_limit: str) -> dict:
     import contextlib
     import io
     import re
-    import resource
     import shutil
 
     from fcnkit.cli import main
@@ -187,15 +186,12 @@ def out_of_core(side: int, memory_limit: str) -> dict:
     argv = ["predict", "--checkpoint", str(_checkpoint()), str(_bigtiff(side)), "--out", str(target), "--overwrite",
             *(["--memory-limit", memory_limit] if memory_limit != "default" else [])]
     printed = io.StringIO()
-    before = resource.getrusage(resource.RUSAGE_SELF)
     with contextlib.redirect_stdout(printed):
-        seconds, code = timed(lambda: main(argv))
-    after = resource.getrusage(resource.RUSAGE_SELF)
+        seconds, code, user, system = timed_cpu(lambda: main(argv))
     if code != 0:
         raise RuntimeError(f"fcnkit predict exited {code}")
     plan = re.search(r"(\d+) tiles of (\d+×\d+) \(halo (\d+), ([0-9.]+)× work\)", printed.getvalue())
     shutil.rmtree(target, ignore_errors=True)  # a 32k label pyramid is ~1.4 GB of disk
-    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime  # all threads of the run
     return {"side": side, "seconds": seconds, "megapixels_per_s": side * side / 1e6 / seconds,
             "tiles": int(plan.group(1)), "tile": plan.group(2), "overhead": float(plan.group(4)),
             "user_s": user, "system_s": system, "system_share": system / max(user, 1e-9)}

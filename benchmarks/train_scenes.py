@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from fcnkit.reporting.curves import read_metrics
 from fcnkit.training.loop import TrainConfig, train
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "unet", "segnet")
@@ -51,12 +52,12 @@ def step_seconds(cfg: TrainConfig, probe: int = 12) -> float:
     one-off costs, so this errs long and the real run ends a little inside its budget)."""
     result = train(TrainConfig(**{**cfg.__dict__, "steps": probe, "eval_every": 0, "val_count": 1,
                                   "out": cfg.out + "-probe", "overwrite": True, "class_weights": None}))
-    log = [json.loads(ln) for ln in (result.out / "metrics.jsonl").read_text().splitlines()]
+    log = read_metrics(result.out / "metrics.jsonl")
     return log[-1]["time"] / probe
 
 
-def train_row(name: str, args: argparse.Namespace, *, minutes: float, init_from: str | None = None,
-              label: str | None = None, **options) -> dict:
+def train_row(name: str, args: argparse.Namespace, *, init_from: str | None = None, label: str | None = None,
+              **options) -> dict:
     out = HERE / "out" / "train_scenes" / (label or name)
     base = dict(model=name, data="scenes", patch=args.patch, batch_size=args.batch_size, lr=args.lr,
                 optimizer="adamw", schedule=args.schedule, precision=args.precision, val_size=256,
@@ -67,10 +68,10 @@ def train_row(name: str, args: argparse.Namespace, *, minutes: float, init_from:
     if name.startswith("fcn") and not name.endswith("_on") and args.batch_norm:
         base["model_options"] = {"batch_norm": True}
     per_step = step_seconds(TrainConfig(**base, steps=1))
-    steps = max(10, int(0.95 * minutes * 60 / per_step))  # the 12-step probe came out 3-8% short
+    steps = max(10, int(0.95 * args.minutes * 60 / per_step))  # the 12-step probe came out 3-8% short
     started, load = time.perf_counter(), _load()
     result = train(TrainConfig(**base, steps=steps, eval_every=max(1, steps // 4), checkpoint_every=steps))
-    log = [json.loads(ln) for ln in (result.out / "metrics.jsonl").read_text().splitlines()]
+    log = read_metrics(result.out / "metrics.jsonl")
     train_time = log[-1]["time"]  # training steps only, evaluation excluded
     row = {"model": label or name, **{k: result.metrics[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu",
                                                                         "fw_iu")},
@@ -86,7 +87,7 @@ def train_row(name: str, args: argparse.Namespace, *, minutes: float, init_from:
     return row
 
 
-def classifier_row(args: argparse.Namespace) -> dict:
+def classifier_row() -> dict:
     from fcnkit.convert import convolutionalize
     from fcnkit.data.scenes import DigitScenes
     from fcnkit.loading import load_model
@@ -96,7 +97,7 @@ def classifier_row(args: argparse.Namespace) -> dict:
     result = train(TrainConfig(**CLASSIFIER, data="scenes", eval_every=1000, checkpoint_every=3000,
                                out=str(HERE / "out" / "train_scenes" / "digit_classifier"), overwrite=True,
                                progress=False))
-    log = [json.loads(ln) for ln in (result.out / "metrics.jsonl").read_text().splitlines()]
+    log = read_metrics(result.out / "metrics.jsonl")
     checkpoint = result.best_checkpoint or result.last_checkpoint
     model = load_model(checkpoint).eval()
     fcn = convolutionalize(model, input_size=model.input_size).eval()
@@ -154,17 +155,14 @@ def main() -> None:
 
     rows, classifier = [], None
     if args.classifier:
-        classifier = classifier_row(args)
-        rows.append(train_row("fcn8s_on", args, minutes=args.minutes, backbone=classifier["checkpoint"], width=None))
+        classifier = classifier_row()
+        rows.append(train_row("fcn8s_on", args, backbone=classifier["checkpoint"], width=None))
     for name in args.models:
-        rows.append(train_row(name, args, minutes=args.minutes))
+        rows.append(train_row(name, args))
     if args.staged:
-        start = next((r for r in rows if r["model"] == "fcn32s"), None) or train_row("fcn32s", args,
-                                                                                   minutes=args.minutes)
-        fcn16 = train_row("fcn16s", args, minutes=args.minutes, init_from=start["checkpoint"],
-                          label="fcn16s (from fcn32s)")
-        rows += [fcn16, train_row("fcn8s", args, minutes=args.minutes, init_from=fcn16["checkpoint"],
-                                  label="fcn8s (from fcn16s)")]
+        start = next((r for r in rows if r["model"] == "fcn32s"), None) or train_row("fcn32s", args)
+        fcn16 = train_row("fcn16s", args, init_from=start["checkpoint"], label="fcn16s (from fcn32s)")
+        rows += [fcn16, train_row("fcn8s", args, init_from=fcn16["checkpoint"], label="fcn8s (from fcn16s)")]
 
     budget = {k: getattr(args, k) for k in ("minutes", "batch_size", "patch", "width", "lr", "schedule",
                                             "precision", "class_weights", "batch_norm", "val_count")}
