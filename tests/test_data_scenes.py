@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fcnkit.data.scenes as scenes_module
 from fcnkit.data import open_dataset, voc_palette
 from fcnkit.data.scenes import (CLASS_NAMES, JITTER, MISS, DigitScenes, _digits, _ink_centres, _place, _render,
                                 _rng, _window_corners, classification_windows, make_scene)
@@ -133,7 +134,10 @@ def test_window_corners_centre_digits_and_keep_background_windows_off_every_digi
     assert sum(d < 2 * MISS for d in near_misses) >= len(near_misses) / 4  # many background windows are near misses
 
 
-def test_scenes_are_kept_once_rendered_up_to_a_byte_budget_and_handed_out_as_copies(monkeypatch):
+def test_scenes_are_kept_once_rendered_for_the_whole_process_up_to_a_byte_budget_and_handed_out_as_copies(
+        monkeypatch):
+    monkeypatch.setattr(scenes_module, "_RENDERED", {})  # this test's own, empty cache
+    monkeypatch.setattr(scenes_module, "_rendered_bytes", 0)
     scenes = DigitScenes("train", size=64, count=3, seed=2)
     image, label = scenes[1]
     image[:] = 0  # a caller writing into its copy changes nothing for the next one
@@ -141,9 +145,17 @@ def test_scenes_are_kept_once_rendered_up_to_a_byte_budget_and_handed_out_as_cop
     fresh, fresh_label = make_scene(64, split="train", seed=2, index=1)
     np.testing.assert_array_equal(again, fresh)
     np.testing.assert_array_equal(label_again, fresh_label)
-    assert 1 in scenes._cache and scenes._cached_bytes == fresh.nbytes + fresh_label.nbytes
+    assert ("train", (64, 64), 2, 1) in scenes_module._RENDERED
     np.testing.assert_array_equal(scenes[-2][0], fresh)  # negative indices share the entry
-    monkeypatch.setattr(DigitScenes, "CACHE_BYTES", 0)
-    uncached = DigitScenes("train", size=64, count=3, seed=2)
-    np.testing.assert_array_equal(uncached[1][0], fresh)
-    assert not uncached._cache
+    calls = []
+    monkeypatch.setattr(scenes_module, "make_scene", lambda *a, **k: calls.append(k) or make_scene(*a, **k))
+    other = DigitScenes("train", size=64, count=3, seed=2)  # another instance finds what the first rendered
+    np.testing.assert_array_equal(other[1][0], fresh)
+    assert calls == []
+    assert other.render_all() == 3 and len(calls) == 2  # scenes 0 and 2 rendered now, 1 was kept
+    other[0], other[2]
+    assert len(calls) == 2
+    monkeypatch.setattr(DigitScenes, "CACHE_BYTES", 0)  # a full budget: rendered, handed out, not kept
+    uncached = DigitScenes("train", size=64, count=3, seed=3)
+    np.testing.assert_array_equal(uncached[1][0], make_scene(64, split="train", seed=3, index=1)[0])
+    assert uncached.render_all() == 0 and ("train", (64, 64), 3, 1) not in scenes_module._RENDERED

@@ -8,6 +8,7 @@ import torch
 
 from fcnkit.errors import InputError, ModelError
 from fcnkit.inference.plan import Tile
+import fcnkit.inference.runner as runner
 from fcnkit.inference.runner import _batches, finish, forward_batch, read_batch, read_window, run_plan, to_model_input
 
 CPU = torch.device("cpu")
@@ -41,10 +42,10 @@ class _Journal(np.ndarray):
         self.done.add(tile_id)
 
 
-def test_read_window_gives_float32_channels_last_and_refuses_nan():
+def test_read_window_gives_channels_last_in_the_images_dtype_and_refuses_nan():
     image = np.arange(24, dtype=np.uint8).reshape(4, 6)
     window = read_window(image, (1, 3), (2, 5))
-    assert window.shape == (2, 3, 1) and window.dtype == np.float32
+    assert window.shape == (2, 3, 1) and window.dtype == np.uint8  # cast to float32 when copied into the batch
     np.testing.assert_array_equal(window[..., 0], image[1:3, 2:5])
     bad = np.zeros((4, 4, 3), np.float32)
     bad[2, 1, 0] = np.inf
@@ -123,3 +124,88 @@ def test_run_plan_reraises_a_failing_write():
     with pytest.raises(PermissionError, match="read-only output"):
         run_plan(torch.nn.Conv2d(3, 2, 1), np.zeros((8, 8, 3), np.uint8), _tiles(8, 8, 2), output="labels",
                  out=out, batch_size=2, device=CPU, dtype=torch.float32, journal=False, progress=False, stride=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, None])
+def test_read_batch_zero_pads_each_window_and_keeps_the_images_dtype_until_asked(dtype):
+    edge = Tile(id=0, out=((0, 3), (0, 2)), read=((0, 3), (0, 2)), keep=((0, 3), (0, 2)), padded=(4, 4))
+    image = np.arange(12, dtype=np.uint8).reshape(3, 2, 2)
+    x = read_batch(image, [edge], CPU, dtype)
+    assert x.dtype == (dtype or torch.uint8) and x.shape == (1, 2, 4, 4)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    expected = np.zeros((4, 4, 2), np.float32)
+    expected[:3, :2] = image
+    np.testing.assert_array_equal(x[0].permute(1, 2, 0).float().numpy(), expected)
+    half = read_batch(image.astype(np.float16), [edge], CPU, None)  # a dtype torch is not handed: float32 at once
+    assert half.dtype == torch.float32 and torch.equal(half, x.float())
+
+
+def test_on_cpu_the_reader_hands_over_the_images_values_and_the_model_gets_its_dtype(monkeypatch):
+    read, seen = [], []
+    original = runner.read_batch
+    monkeypatch.setattr(runner, "read_batch", lambda *a: read.append(original(*a).dtype) or original(*a))
+    image = np.random.default_rng(1).integers(0, 256, (24, 24, 3)).astype(np.uint8)
+    out = np.zeros((24, 24, 3), np.float32)
+    run_plan(lambda x: seen.append(x.dtype) or x.float(), image, _tiles(24, 24, 8), output="logits", out=out,
+             batch_size=2, device=CPU, dtype=torch.bfloat16, journal=False, progress=False, stride=1)
+    assert set(read) == {torch.uint8} and set(seen) == {torch.bfloat16}
+    np.testing.assert_array_equal(out, image)  # 0-255 integers are exact in bf16
+
+
+class _FakeLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_run_keeps_freed_memory_for_the_next_batch_and_gives_it_back_at_the_end(monkeypatch, fails):
+    libc = _FakeLibc()
+    monkeypatch.setattr(runner, "_LIBC", libc)
+    monkeypatch.setattr(runner, "_rss", lambda: 2**30)  # no growth: no trim until the end
+
+    def model(x):
+        if fails:
+            raise RuntimeError("model broke")
+        return torch.nn.functional.conv2d(x, torch.ones(2, 3, 1, 1))
+
+    def run():
+        run_plan(model, np.zeros((8, 8, 3), np.uint8), _tiles(8, 8, 4), output="labels",
+                 out=np.zeros((8, 8), np.uint8), batch_size=1, device=CPU, dtype=torch.float32, journal=False,
+                 progress=False, stride=1)
+    if fails:
+        with pytest.raises(RuntimeError, match="model broke"):
+            run()
+    else:
+        run()
+    # no mmap for large buffers and no trimming while the plan runs; glibc's defaults and one trim afterwards
+    assert libc.calls == [("mallopt", -4, 0), ("mallopt", -1, 2**31 - 1), ("mallopt", -4, 65536),
+                          ("mallopt", -1, 128 * 1024), ("malloc_trim", 0)]
+
+
+def test_without_glibc_a_run_leaves_the_allocator_alone(monkeypatch):
+    monkeypatch.setattr(runner, "_LIBC", None)
+    image = np.random.default_rng(3).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    out = np.zeros((8, 8), np.uint8)
+    run_plan(lambda x: x, image, _tiles(8, 8, 4), output="labels", out=out, batch_size=1, device=CPU,
+             dtype=torch.float32, journal=False, progress=False, stride=1)
+    np.testing.assert_array_equal(out, image.argmax(axis=2))
+
+
+def test_freed_memory_is_trimmed_once_the_heap_outgrows_the_first_batch_by_a_quarter(monkeypatch):
+    libc = _FakeLibc()
+    monkeypatch.setattr(runner, "_LIBC", libc)
+    sizes = iter([100, 110, 125, 130, 120, 126])
+    monkeypatch.setattr(runner, "_rss", lambda: next(sizes))
+    with runner._FreedMemory() as heap:
+        for _ in range(6):
+            heap.after_batch()
+    assert heap.ceiling == 125 and heap.trims == 2  # after 130 and 126
+    assert libc.calls.count(("malloc_trim", 0)) == 3  # and once at the end

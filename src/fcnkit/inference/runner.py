@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import queue
 import threading
 import time
@@ -27,27 +28,28 @@ _QUEUE_BATCHES = 2  # batches read ahead, and results waiting to be written
 
 
 def read_window(image: Any, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-    """``image[rows, cols]`` as a float32 ``(h, w, C)`` array; NaN or Inf in it is an ``InputError``."""
+    """``image[rows, cols]`` as an ``(h, w, C)`` array of the image's own dtype (the float32 conversion happens
+    when it is copied into the batch); NaN or Inf in it is an ``InputError``."""
     window = np.asarray(image[rows[0]:rows[1], cols[0]:cols[1]])
     if window.ndim == 2:
         window = window[:, :, None]
     if window.dtype.kind == "f" and not np.isfinite(window).all():
         raise InputError(f"image rows {rows[0]}:{rows[1]}, cols {cols[0]}:{cols[1]} contain NaN or Inf; expected "
                          f"finite values; replace them (e.g. np.nan_to_num) before predicting.")
-    return window.astype(np.float32, copy=False)
+    return window
 
 
-def to_model_input(batch: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``(N, H, W, C)`` float32 numpy -> ``(N, C, H, W)`` tensor on ``device``.
+def to_model_input(batch: np.ndarray, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    """``(N, H, W, C)`` numpy -> ``(N, C, H, W)`` tensor of ``dtype`` (None: the batch's own) on ``device``.
 
     The permuted view of an NHWC buffer is already channels_last, which oneDNN runs ~1.8× faster for 3×3
-    convolutions on CPU. On CUDA the copy goes through pinned memory without blocking; there the network gets the
-    ordinary NCHW layout.
+    convolutions on CPU (a cast keeps that layout). On CUDA the copy goes through pinned memory without blocking;
+    there the network gets the ordinary NCHW layout.
     """
     x = torch.from_numpy(batch).permute(0, 3, 1, 2)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True).contiguous()
-    return x.to(dtype) if dtype != x.dtype else x
+    return x.to(dtype) if dtype is not None and dtype != x.dtype else x
 
 
 def finish(y: Any, output: str) -> torch.Tensor:
@@ -102,15 +104,25 @@ def _put(q: queue.Queue, item: Any, go_on: Callable[[], bool]) -> bool:
     return False
 
 
-def read_batch(image: Any, batch: Sequence[Tile], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+# Window dtypes that a batch keeps up to the forward pass (torch converts them); any other becomes float32 at once.
+_KEPT_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float32,
+                                               np.float64))
+
+
+def read_batch(image: Any, batch: Sequence[Tile], device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
     """The input windows of ``batch`` (tiles of one padded shape), zero padded bottom/right to the model's multiple
-    as in the whole-image run: an ``(N, C, h, w)`` tensor on ``device``."""
+    as in the whole-image run: an ``(N, C, h, w)`` tensor on ``device``, of ``dtype`` (None: the image's own where
+    torch has it, else float32)."""
     h, w = batch[0].padded
     first = read_window(image, *batch[0].read)
-    data = np.zeros((len(batch), h, w, first.shape[2]), np.float32)
+    kind = first.dtype if first.dtype in _KEPT_DTYPES else np.dtype(np.float32)
+    data = np.empty((len(batch), h, w, first.shape[2]), kind)
     for k, tile in enumerate(batch):
         window = first if k == 0 else read_window(image, *tile.read)
-        data[k, :window.shape[0], :window.shape[1]] = window
+        wh, ww = window.shape[:2]
+        data[k, :wh, :ww] = window
+        data[k, wh:] = 0
+        data[k, :wh, ww:] = 0
     return to_model_input(data, device, dtype)
 
 
@@ -136,8 +148,9 @@ def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[T
 
     ``skipped``: tiles done by an earlier run, counted in the progress bar only.
     """
-    if batch_size > 1:  # group the tiles of one shape (interior tiles) so that they stack into full batches
-        tiles = sorted(tiles, key=lambda t: t.padded)
+    # tiles of one shape in a row: they stack into full batches, and batch after batch allocates the same buffers,
+    # which the heap then hands out again (alternating interior and edge tiles grew a 20k² run from 1.5 to 2.3 GiB)
+    tiles = sorted(tiles, key=lambda t: t.padded)
     stop = threading.Event()
 
     def running() -> bool:
@@ -145,9 +158,13 @@ def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[T
     inbox: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
     outbox: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES * batch_size)
 
+    # On CPU the reader hands over the image's own values (a uint8 batch is a quarter of a float32 one) and the
+    # cast to the model's dtype happens on this thread, into memory that the batch before freed.
+    read_dtype = dtype if device.type == "cuda" else None
+
     def read() -> None:
         for batch in _batches(tiles, batch_size):
-            if not _put(inbox, (batch, read_batch(image, batch, device, dtype)), running):
+            if not _put(inbox, (batch, read_batch(image, batch, device, read_dtype)), running):
                 return
         _put(inbox, _DONE, running)
 
@@ -165,57 +182,103 @@ def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[T
     reader, writer = _Worker(read, "fcnkit-read"), _Worker(write, "fcnkit-write")
     bar = _progress_bar(len(tiles) + skipped, skipped) if progress else None
     started, pixels = time.perf_counter(), 0
-    reader.start()
-    writer.start()
-    try:
-        while True:
-            safe_point()  # after SIGINT/SIGTERM: stop here; the finally below writes and journals the tiles in flight
-            item = _get(inbox, reader)
-            if item is _DONE:
-                break
-            batch, x = item
-            for tile, values in zip(batch, forward_batch(model, x, batch, output)):
-                if not _put(outbox, (tile, values), writer.is_alive):
-                    raise writer.error  # type: ignore[misc]
-                pixels += values.shape[0] * values.shape[1] * stride * stride
-            del x
-            _trim_heap()
-            if bar is not None:
-                bar.update(len(batch))
-                bar.set_postfix_str(f"{pixels / 1e6 / (time.perf_counter() - started):.3g} MP/s", refresh=False)
-        outbox.put(_DONE)
-        writer.join()
-        if writer.error is not None:
-            raise writer.error
-    finally:
-        stop.set()
-        if writer.is_alive():
+    with _FreedMemory() as heap:
+        reader.start()
+        writer.start()
+        try:
+            while True:
+                safe_point()  # after SIGINT/SIGTERM: stop here; the finally below writes and journals what is in flight
+                item = _get(inbox, reader)
+                if item is _DONE:
+                    break
+                batch, x = item
+                for tile, values in zip(batch, forward_batch(model, x.to(dtype), batch, output)):
+                    if not _put(outbox, (tile, values), writer.is_alive):
+                        raise writer.error  # type: ignore[misc]
+                    pixels += values.shape[0] * values.shape[1] * stride * stride
+                del x, item
+                heap.after_batch()
+                if bar is not None:
+                    bar.update(len(batch))
+                    bar.set_postfix_str(f"{pixels / 1e6 / (time.perf_counter() - started):.3g} MP/s", refresh=False)
             outbox.put(_DONE)
-        reader.join()
-        writer.join()
-        if bar is not None:
-            bar.close()
+            writer.join()
+            if writer.error is not None:
+                raise writer.error
+        finally:
+            stop.set()
+            if writer.is_alive():
+                outbox.put(_DONE)
+            reader.join()
+            writer.join()
+            if bar is not None:
+                bar.close()
 
 
-def _load_trim() -> Callable[[], Any] | None:
+def _load_libc() -> Any:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to trim
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim, libc.mallopt  # glibc's
+        return libc
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): its allocator is left as it is
         return None
 
 
-_MALLOC_TRIM = _load_trim()
+_LIBC = _load_libc()
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # their defaults
 
 
-def _trim_heap() -> None:
-    """Give the freed activations of the last batch back to the OS (glibc keeps them in per-thread arenas).
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-    Without it the reader's, writer's and compute threads' arenas each keep their own high-water mark: a BigTIFF to
-    OME-Zarr run under --memory-limit 1GB peaked at 1.31 / 1.38 / 1.50 GiB at 8k² / 16k² / 32k², and at 1.24 /
-    1.32 / 1.39 GiB with it, in the same time (benchmarks/results/tiling.json).
+
+def _rss() -> int | None:
+    """This process's resident memory in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _FreedMemory:
+    """Keep what one batch frees for the next while a plan runs, within bounds; give it back at the end.
+
+    glibc serves every buffer above its mmap threshold (32 MiB at most) with a fresh mapping and unmaps it on free,
+    and ``malloc_trim`` hands freed heap pages back: either way the next batch faults the same memory in again and
+    the kernel zeroes every page (a 20,480² BigTIFF -> OME-Zarr run spent 22 s in the kernel against 42 s of user
+    CPU that way). Inside the block, large buffers come from the heap and the heap is not trimmed, so batches of one
+    shape reuse the same memory. Reuse fragments the heap, though: when the resident memory grows past ``GROWTH``
+    times what it was after the first batch, :meth:`after_batch` trims once and lets it settle again.
     """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+
+    GROWTH = 1.25
+
+    def __init__(self) -> None:
+        self.ceiling: float | None = None
+        self.trims = 0
+
+    def __enter__(self) -> _FreedMemory:
+        if _LIBC is not None:
+            _LIBC.mallopt(_M_MMAP_MAX, 0)
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+        return self
+
+    def after_batch(self) -> None:
+        rss = _rss() if _LIBC is not None else None
+        if rss is None:
+            return
+        if self.ceiling is None:
+            self.ceiling = self.GROWTH * rss
+        elif rss > self.ceiling:
+            _LIBC.malloc_trim(0)
+            self.trims += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if _LIBC is not None:
+            _LIBC.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
+            _LIBC.malloc_trim(0)
 
 
 def _get(inbox: queue.Queue, reader: _Worker) -> Any:
