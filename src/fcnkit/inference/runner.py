@@ -1,7 +1,8 @@
 """Running a tile plan: read ahead on one thread, compute on the caller's thread, write on another.
 
-Reading (a TIFF or zarr decode, padding, the float conversion) and writing (zarr compression, the resume journal)
-overlap the forward pass; both queues are bounded, so memory stays a few batches whatever the image size.
+Reading (a TIFF or zarr decode, padding; on CUDA the float conversion and the copy to the GPU) and writing (zarr
+compression, the resume journal) overlap the forward pass; both queues are bounded, so memory stays a few batches
+whatever the image size, and what a batch frees is kept for the next (see ``_FreedMemory``).
 """
 
 from __future__ import annotations
