@@ -36,8 +36,10 @@ from fcnkit.training.loop import TrainConfig, train
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "unet", "segnet")
 HERE = Path(__file__).resolve().parent
 PICTURE = HERE.parent / "docs" / "images" / "train_scenes.png"
-CLASSIFIER = dict(model="digit_classifier", width=1.0, model_options={"window": 48}, batch_size=64, steps=3000,
-                  windows=17600, val_count=1100)
+# 9,000 steps of 64 (~5 minutes here, inside the 6-minute budget) over 52,800 windows, each seen ~11 times: 3,000
+# steps over 17,600 windows gave 95.8% window accuracy and heat maps at the 90% line, these 97.5% and 91.1%.
+CLASSIFIER = dict(model="digit_classifier", width=1.0, model_options={"window": 48}, batch_size=64, steps=9000,
+                  windows=52800, val_count=1100)
 
 
 def _pct(value: float | None) -> str:
@@ -95,7 +97,8 @@ def classifier_row() -> dict:
     from fcnkit.training.evaluate import heatmap_localization
 
     started, load = time.perf_counter(), _load()
-    result = train(TrainConfig(**CLASSIFIER, data="scenes", eval_every=1000, checkpoint_every=3000,
+    result = train(TrainConfig(**CLASSIFIER, data="scenes", eval_every=CLASSIFIER["steps"] // 3,
+                               checkpoint_every=CLASSIFIER["steps"],
                                out=str(HERE / "out" / "train_scenes" / "digit_classifier"), overwrite=True,
                                progress=False))
     log = read_metrics(result.out / "metrics.jsonl")
