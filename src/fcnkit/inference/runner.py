@@ -29,8 +29,8 @@ _QUEUE_BATCHES = 2  # batches read ahead, and results waiting to be written
 
 
 def read_window(image: Any, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-    """``image[rows, cols]`` as an ``(h, w, C)`` array of the image's own dtype (the float32 conversion happens
-    when it is copied into the batch); NaN or Inf in it is an ``InputError``."""
+    """``image[rows, cols]`` as an ``(h, w, C)`` array of the image's own dtype (converted for the model later,
+    batch by batch); NaN or Inf in it is an ``InputError``."""
     window = np.asarray(image[rows[0]:rows[1], cols[0]:cols[1]])
     if window.ndim == 2:
         window = window[:, :, None]
@@ -228,8 +228,6 @@ def _load_libc() -> Any:
 _LIBC = _load_libc()
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 _GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # their defaults
-
-
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -250,7 +248,8 @@ class _FreedMemory:
     the kernel zeroes every page (a 20,480² BigTIFF -> OME-Zarr run spent 22 s in the kernel against 42 s of user
     CPU that way). Inside the block, large buffers come from the heap and the heap is not trimmed, so batches of one
     shape reuse the same memory. Reuse fragments the heap, though: when the resident memory grows past ``GROWTH``
-    times what it was after the first batch, :meth:`after_batch` trims once and lets it settle again.
+    times what it was after the first batch, :meth:`after_batch` trims once and lets it settle again. On the way
+    out glibc's defaults are set back (its sliding mmap threshold stays where it is, as after any ``mallopt``).
     """
 
     GROWTH = 1.25
