@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+import fcnkit.inference.runner as runner
 from fcnkit.errors import InputError, ModelError
 from fcnkit.inference.plan import Tile
-import fcnkit.inference.runner as runner
 from fcnkit.inference.runner import _batches, finish, forward_batch, read_batch, read_window, run_plan, to_model_input
 
 CPU = torch.device("cpu")
@@ -45,7 +45,7 @@ class _Journal(np.ndarray):
 def test_read_window_gives_channels_last_in_the_images_dtype_and_refuses_nan():
     image = np.arange(24, dtype=np.uint8).reshape(4, 6)
     window = read_window(image, (1, 3), (2, 5))
-    assert window.shape == (2, 3, 1) and window.dtype == np.uint8  # cast to float32 when copied into the batch
+    assert window.shape == (2, 3, 1) and window.dtype == np.uint8  # cast for the model later, batch by batch
     np.testing.assert_array_equal(window[..., 0], image[1:3, 2:5])
     bad = np.zeros((4, 4, 3), np.float32)
     bad[2, 1, 0] = np.inf
@@ -209,3 +209,12 @@ def test_freed_memory_is_trimmed_once_the_heap_outgrows_the_first_batch_by_a_qua
             heap.after_batch()
     assert heap.ceiling == 125 and heap.trims == 2  # after 130 and 126
     assert libc.calls.count(("malloc_trim", 0)) == 3  # and once at the end
+
+
+def test_tiles_of_one_shape_run_one_after_another_at_any_batch_size():
+    shapes = []
+    image = np.zeros((10, 10, 1), np.uint8)  # 4x4 interior tiles, 4x2 / 2x4 / 2x2 at the edges, row by row
+    run_plan(lambda x: shapes.append(tuple(x.shape[2:])) or x.float(), image, _tiles(10, 10, 4), output="logits",
+             out=np.zeros((10, 10, 1), np.float32), batch_size=1, device=CPU, dtype=torch.float32, journal=False,
+             progress=False, stride=1)
+    assert shapes == sorted(shapes) and len(shapes) == 9  # batch after batch allocates the same buffers
