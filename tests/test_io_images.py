@@ -46,6 +46,22 @@ def test_jpeg_shape_and_rgb(tmp_path):
     assert read_image(tmp_path / "g.jpeg").shape == (8, 9, 3)
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied_so_pixels_come_upright(tmp_path, suffix):
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[0, 0] = 255  # top-left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display" (a phone held upright)
+    quality = {"quality": 100} if suffix == ".jpg" else {}
+    Image.fromarray(stored).save(tmp_path / f"phone{suffix}", exif=exif, **quality)
+    upright = open_image(tmp_path / f"phone{suffix}")
+    assert upright.shape == (6, 4, 3)  # as a viewer shows it
+    assert upright[0, -1].min() > 200 and upright[0, 0].max() < 60  # the stored top-left is now top-right
+    assert read_image(tmp_path / f"phone{suffix}").shape == (6, 4, 3)
+    Image.fromarray(stored).save(tmp_path / f"plain{suffix}")  # no orientation: as stored
+    assert open_image(tmp_path / f"plain{suffix}").shape == (4, 6, 3)
+
+
 def test_read_image_rgb_palette_resolved_and_grey_expanded(tmp_path):
     indices = np.array([[0, 1], [2, 1]], np.uint8)
     palette = [[10, 20, 30], [200, 0, 0], [0, 0, 255]]

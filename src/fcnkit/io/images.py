@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from fcnkit.errors import InputError, OutputError
 from fcnkit.io.atomic import atomic_file
@@ -31,6 +31,8 @@ def check_file(path: Path) -> None:
 def load_pillow(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image with Pillow, turning every failure into an ``InputError`` naming the file.
 
+    A JPEG's (or PNG's) EXIF orientation is applied, so the pixels come upright as image viewers show them (a phone
+    photo held in portrait is stored landscape with orientation 6) and outputs line up with what the user sees.
     Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is enforced strictly: an image above it is
     refused rather than merely warned about, because decoding it whole could exhaust memory.
     """
@@ -42,6 +44,7 @@ def load_pillow(path: str | os.PathLike) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
             image.load()
+            ImageOps.exif_transpose(image, in_place=True)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(
             f"image file {path} has more pixels than Pillow's decompression-bomb limit of {limit:,} "
