@@ -176,9 +176,9 @@ def test_a_run_keeps_freed_memory_for_the_next_batch_and_gives_it_back_at_the_en
             raise RuntimeError("model broke")
         return torch.nn.functional.conv2d(x, torch.ones(2, 3, 1, 1))
 
-    def run():
-        run_plan(model, np.zeros((8, 8, 3), np.uint8), _tiles(8, 8, 4), output="labels",
-                 out=np.zeros((8, 8), np.uint8), batch_size=1, device=CPU, dtype=torch.float32, journal=False,
+    def run():  # 16 batches of one tile: a long plan
+        run_plan(model, np.zeros((16, 16, 3), np.uint8), _tiles(16, 16, 4), output="labels",
+                 out=np.zeros((16, 16), np.uint8), batch_size=1, device=CPU, dtype=torch.float32, journal=False,
                  progress=False, stride=1)
     if fails:
         with pytest.raises(RuntimeError, match="model broke"):
@@ -204,7 +204,7 @@ def test_freed_memory_is_trimmed_once_the_heap_outgrows_the_first_batch_by_a_qua
     monkeypatch.setattr(runner, "_LIBC", libc)
     sizes = iter([100, 110, 125, 130, 120, 126])
     monkeypatch.setattr(runner, "_rss", lambda: next(sizes))
-    with runner._FreedMemory() as heap:
+    with runner._FreedMemory(batches=8) as heap:
         for _ in range(6):
             heap.after_batch()
     assert heap.ceiling == 125 and heap.trims == 2  # after 130 and 126
@@ -218,3 +218,13 @@ def test_tiles_of_one_shape_run_one_after_another_at_any_batch_size():
              out=np.zeros((10, 10, 1), np.float32), batch_size=1, device=CPU, dtype=torch.float32, journal=False,
              progress=False, stride=1)
     assert shapes == sorted(shapes) and len(shapes) == 9  # batch after batch allocates the same buffers
+
+
+def test_a_short_plan_leaves_glibc_as_it_is_and_trims_after_every_batch(monkeypatch):
+    libc = _FakeLibc()
+    monkeypatch.setattr(runner, "_LIBC", libc)
+    run_plan(torch.nn.Conv2d(3, 2, 1), np.zeros((8, 8, 3), np.uint8), _tiles(8, 8, 4), output="labels",
+             out=np.zeros((8, 8), np.uint8), batch_size=1, device=CPU, dtype=torch.float32, journal=False,
+             progress=False, stride=1)
+    # 4 batches: a heap kept for reuse would only fragment, so each batch's memory goes back at once
+    assert libc.calls == [("malloc_trim", 0)] * 4

@@ -126,7 +126,7 @@ def default_memory_limit(device: torch.device) -> int:
     (README, Benchmarks: benchmarks/tile_sweep.py; the issue's 20k² BigTIFF and 6000² JPEG runs): half of the
     available memory gave 7.9 GiB peak RSS with as much kernel as user time and no speed gain, a 1 GiB budget the
     same or better speed at 1.1-1.6 GiB (1.5 GiB on the 20k² run since the runner keeps freed batch memory for the
-    next batch). ``--memory-limit`` still trades memory for fewer, larger tiles.
+    next batch in plans of 8 batches or more). ``--memory-limit`` still trades memory for fewer, larger tiles.
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
