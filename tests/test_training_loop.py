@@ -79,6 +79,23 @@ def test_metrics_log_and_checkpoints(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
 
 
+def test_steps_run_deterministic_kernels_without_nan_fills_and_the_settings_come_back(tmp_path, monkeypatch):
+    import fcnkit.training.loop as loop
+
+    seen = []
+    loss = loop._Run._loss
+
+    def recording(self, x, y):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory))
+        return loss(self, x, y)
+
+    monkeypatch.setattr(loop._Run, "_loss", recording)
+    assert not torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory
+    train(_config(tmp_path, steps=2))
+    assert seen == [(True, False), (True, False)]
+    assert not torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory
+
+
 def test_init_from_copies_matching_weights_and_reports_new_ones(tmp_path):
     from fcnkit.models import build_model
 

@@ -125,6 +125,10 @@ def train(config: TrainConfig) -> TrainResult:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible matmuls
     # Exact resume needs reproducible kernels; warn_only keeps ops without a deterministic variant usable.
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # ... but not torch's debugging aid that comes with them, filling every new tensor with NaN before use: no kernel
+    # fcnkit runs reads memory it has not written, and the fills took 13% of a SegNet step (0.110 s vs 0.097 s).
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.utils.deterministic.fill_uninitialized_memory = False
     run = None
     try:
         with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
@@ -133,6 +137,7 @@ def train(config: TrainConfig) -> TrainResult:
                 return run.run()
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
         # DDP's reducer holds the process group: free it first, or the group outlives destroy_process_group and is
         # torn down with the interpreter, where gloo's threads can abort the process.
         del run
