@@ -3,6 +3,8 @@ augmentation of classifier windows and the class weights of the loss."""
 
 from __future__ import annotations
 
+import copy
+
 import itertools
 
 import numpy as np
@@ -41,6 +43,27 @@ def test_default_warmups_and_the_scheduler_follows_them():
         sched.step()
     assert rates[0] == pytest.approx(0.004) and rates[2] == pytest.approx(0.1) and rates[-1] < 0.01
     assert isinstance(sched.state_dict()["lr_lambdas"][0], dict)  # plain data: checkpoints hold no code
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_optimizers_are_fused_on_cpu_and_step_as_the_plain_ones(optimizer):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 3)
+    plain = copy.deepcopy(model)
+    cfg = TrainConfig(model="unet", optimizer=optimizer, lr=0.05, weight_decay=0.01)
+    opt, _ = build_optimizer(model, cfg, 10)
+    assert opt.defaults["fused"] is True
+    lr = opt.param_groups[0]["lr"]  # the schedule's first rate
+    reference = (torch.optim.SGD(plain.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=0.01)
+                 if optimizer == "sgd" else torch.optim.AdamW(plain.parameters(), lr=lr, weight_decay=0.01))
+    x = torch.randn(2, 3, 8, 8)
+    for net, o in ((model, opt), (plain, reference)):
+        for _ in range(3):
+            o.zero_grad()
+            net(x).square().mean().backward()
+            o.step()
+    for a, b in zip(model.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_schedule_and_warmup_are_refused(tmp_path):

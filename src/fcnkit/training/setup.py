@@ -237,14 +237,20 @@ def lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+_FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused AdamW and SGD kernels
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
     """AdamW (or SGD with momentum) and the learning-rate schedule ``cfg.schedule`` (see :func:`lr_factor`)."""
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
     params = [p for p in model.parameters() if p.requires_grad]
+    # One fused kernel over all parameters instead of a loop of small ops per parameter (torch's CPU default):
+    # SegNet ×0.25's AdamW step took 9.4 ms of a 0.102 s step that way, 4.0 ms of 0.089 s fused.
+    fused = {"fused": True} if params and all(p.device.type in _FUSED_DEVICES for p in params) else {}
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
     else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
     warmup = warmup_steps(cfg, steps)
     # A partial, not a lambda: LambdaLR's state_dict then stays plain data (a checkpoint holds no code).
     schedule = functools.partial(lr_factor, steps=steps, warmup=warmup, schedule=cfg.schedule)
