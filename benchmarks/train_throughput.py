@@ -1,7 +1,7 @@
 """Training throughput, fp32 against bf16 autocast: images per second of every dense model, one step at a time.
 
 Each model (width 0.25 by default) trains on batches of 64x64 patches of the digit scenes exactly as ``fcnkit
-train`` does (channels_last, AdamW, per-pixel cross-entropy in fp32, bf16 autocast for ``bf16``); a few warm-up
+train`` does (channels_last, the trainer's own optimizer: fused AdamW, per-pixel cross-entropy in fp32, bf16 autocast for ``bf16``); a few warm-up
 steps, then ``--steps`` timed steps. Batches are drawn before the clock starts, so the figure is the model's step,
 not the scene renderer. Run it alone: other jobs on the cores change the figures.
 
@@ -22,6 +22,8 @@ import torch
 from fcnkit.data import PatchSampler, open_dataset
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.models import build_model
+from fcnkit.training.config import TrainConfig
+from fcnkit.training.setup import build_optimizer
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "unet", "segnet", "encoder_decoder")
 HERE = Path(__file__).resolve().parent
@@ -30,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 def images_per_second(name: str, precision: str, batches: list, width: float, steps: int, warmup: int) -> float:
     torch.manual_seed(0)
     model = build_model(name, num_classes=11, width=width).to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer, _ = build_optimizer(model, TrainConfig(model=name, lr=1e-3), warmup + steps)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
