@@ -69,7 +69,7 @@ class DemoSettings:
     seed: int = 0
 
 
-FULL = DemoSettings(seg_steps=600, seg_batch=16, compare_width=0.125, compare_steps=150, compare_batch=16,
+FULL = DemoSettings(seg_steps=800, seg_batch=16, compare_width=0.125, compare_steps=150, compare_batch=16,
                     val_size=256, val_count=8, clf_width=1.0, clf_window=48, clf_steps=2700, clf_batch=64,
                     clf_lr=3e-3, clf_val_windows=1100, clf_windows=17600, heat_size=512, loc_size=512, loc_count=4,
                     sliding_crop=160, big_size=4096, exact_crop=1024, exact_tile=512, evaluations=5)
