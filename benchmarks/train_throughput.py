@@ -1,9 +1,10 @@
 """Training throughput, fp32 against bf16 autocast: images per second of every dense model, one step at a time.
 
 Each model (width 0.25 by default) trains on batches of 64x64 patches of the digit scenes exactly as ``fcnkit
-train`` does (channels_last, the trainer's own optimizer: fused AdamW, per-pixel cross-entropy in fp32, bf16 autocast for ``bf16``); a few warm-up
-steps, then ``--steps`` timed steps. Batches are drawn before the clock starts, so the figure is the model's step,
-not the scene renderer. Run it alone: other jobs on the cores change the figures.
+train`` does (channels_last, the trainer's own optimizer: fused AdamW, per-pixel cross-entropy in fp32, bf16
+autocast for ``bf16``); a few warm-up steps, then ``--steps`` timed steps. Batches are drawn before the clock
+starts, so the figure is the model's step, not the scene renderer. Run it alone: other jobs on the cores change the
+figures.
 
     python benchmarks/train_throughput.py            # Markdown table; JSON to benchmarks/results/
 """

@@ -4,7 +4,6 @@ augmentation of classifier windows and the class weights of the loss."""
 from __future__ import annotations
 
 import copy
-
 import itertools
 
 import numpy as np
