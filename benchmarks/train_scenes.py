@@ -46,6 +46,11 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _weights(value: str) -> str | list[float]:
+    """``--class-weights``: "balanced", "none", or comma-separated numbers (one per class) as a list."""
+    return [float(w) for w in value.split(",")] if "," in value else value
+
+
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -140,7 +145,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate (one-cycle)")
     parser.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine", "poly"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--class-weights", default="balanced", help="balanced (default) or none")
+    parser.add_argument("--class-weights", default="balanced", type=_weights,
+                        help="balanced (default), none, or one weight per class: W0,W1,...")
     parser.add_argument("--batch-norm", action="store_true", help="FCN-32s/16s/8s on the vgg16_bn backbone")
     parser.add_argument("--classifier", action="store_true",
                         help="also train digit_classifier, then fcn8s_on (transfer) on it")
