@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from fcnkit.cli.train import parse_class_weights
 from fcnkit.data.scenes import DigitScenes
 from fcnkit.reporting.curves import read_metrics
 from fcnkit.training.loop import TrainConfig, train
@@ -44,11 +45,6 @@ CLASSIFIER = dict(model="digit_classifier", width=1.0, model_options={"window": 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def _weights(value: str) -> str | list[float]:
-    """``--class-weights``: "balanced", "none", or comma-separated numbers (one per class) as a list."""
-    return [float(w) for w in value.split(",")] if "," in value else value
 
 
 def _load() -> float:
@@ -145,7 +141,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate (one-cycle)")
     parser.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine", "poly"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--class-weights", default="balanced", type=_weights,
+    parser.add_argument("--class-weights", default="balanced", type=parse_class_weights,
                         help="balanced (default), none, or one weight per class: W0,W1,...")
     parser.add_argument("--batch-norm", action="store_true", help="FCN-32s/16s/8s on the vgg16_bn backbone")
     parser.add_argument("--classifier", action="store_true",

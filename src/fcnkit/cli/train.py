@@ -10,7 +10,7 @@ EXAMPLE = """
 fcnkit train --model unet --data scenes --width 0.25 --steps 1600 --out runs/unet
 fcnkit train --model unet --data scenes --width 0.25 --steps 1600 --out runs/unet --resume
 fcnkit train --model digit_classifier --data scenes --width 0.5 --steps 1500 --batch-size 64 --out runs/digits
-fcnkit train --model fcn8s_on --backbone runs/digits/best.pt --data scenes --steps 600 --out runs/fcn8s_on
+fcnkit train --model fcn8s_on --backbone runs/digits/best.pt --data scenes --steps 800 --out runs/fcn8s_on
 torchrun --nproc_per_node 2 -m fcnkit train --model unet --data voc:/data/VOC2012 --out runs/unet
 """
 
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mirror.add_argument("--mirror", action="store_true", default=None,
                         help="flip training patches left-right (default: only for mirror-safe data, e.g. photos)")
     mirror.add_argument("--no-mirror", dest="mirror", action="store_false", help="never flip training patches")
-    parser.add_argument("--class-weights", type=_class_weights, metavar="balanced|W0,W1,...",
+    parser.add_argument("--class-weights", type=parse_class_weights, metavar="balanced|W0,W1,...",
                         help="per-class loss weights: balanced (sqrt of median frequency / class frequency, measured "
                              "on the first training batches) or one number per class (default: unweighted)")
     parser.add_argument("--backbone", metavar="CKPT",
@@ -91,7 +91,8 @@ def _model_option(text: str) -> tuple[str, object]:
     return name, {"true": True, "false": False}.get(value.lower(), value)
 
 
-def _class_weights(text: str) -> str | list[float]:
+def parse_class_weights(text: str) -> str | list[float]:
+    """``--class-weights``: "balanced", "none", or comma-separated numbers (one weight per class) as a list."""
     if text in ("balanced", "none"):
         return text
     try:

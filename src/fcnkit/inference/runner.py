@@ -152,6 +152,7 @@ def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[T
     # tiles of one shape in a row: they stack into full batches, and batch after batch allocates the same buffers,
     # which the heap then hands out again (alternating interior and edge tiles grew a 20k² run from 1.5 to 2.3 GiB)
     tiles = sorted(tiles, key=lambda t: t.padded)
+    batches = list(_batches(tiles, batch_size))
     stop = threading.Event()
 
     def running() -> bool:
@@ -164,7 +165,7 @@ def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[T
     read_dtype = dtype if device.type == "cuda" else None
 
     def read() -> None:
-        for batch in _batches(tiles, batch_size):
+        for batch in batches:
             if not _put(inbox, (batch, read_batch(image, batch, device, read_dtype)), running):
                 return
         _put(inbox, _DONE, running)
@@ -183,7 +184,7 @@ def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[T
     reader, writer = _Worker(read, "fcnkit-read"), _Worker(write, "fcnkit-write")
     bar = _progress_bar(len(tiles) + skipped, skipped) if progress else None
     started, pixels = time.perf_counter(), 0
-    with _FreedMemory(batches=sum(1 for _ in _batches(tiles, batch_size))) as heap:
+    with _FreedMemory(batches=len(batches)) as heap:
         reader.start()
         writer.start()
         try:
