@@ -163,3 +163,23 @@ def test_conv_relu_is_fused_on_cpu_with_the_same_values():
     x = torch.from_numpy(_image(48, 40)).permute(2, 0, 1)[None].float().contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         torch.testing.assert_close(net(x), model(x), atol=1e-4, rtol=1e-5)
+
+
+def test_bf16_is_not_fused_where_onednn_has_no_bf16_path(monkeypatch):
+    """On an AVX2-only CPU oneDNN's fused convolution refuses bf16 ("bf16 path needs the cpu support ..."): such
+    convolutions stay plain, which PyTorch computes there (emulated), and fp32 ones are still fused."""
+    from fcnkit.inference import model as inference_model
+    from fcnkit.inference.model import ConvReLU
+
+    monkeypatch.setattr(inference_model, "onednn_bf16", lambda: False)
+    monkeypatch.setattr(inference_model, "native_bf16", lambda device: False)
+    torch.manual_seed(0)
+    model = fcnkit.build_model("unet", num_classes=3, width=0.125).eval()
+    with pytest.warns(UserWarning, match=r"PyTorch emulates it, several times slower than fp32 .* precision='auto'"):
+        bf16 = prepare(model, precision="bf16").net
+    assert not any(isinstance(m, ConvReLU) for m in bf16.modules())
+    assert sum(isinstance(m, ConvReLU) for m in prepare(model).net.modules()) == 18
+    image = _image(40, 36)
+    with pytest.warns(UserWarning, match="emulates"):
+        got = predict(model, image, precision="bf16")
+    assert 0 < np.abs(got - predict(model, image)).max() < 0.5  # computed in bf16, close to fp32

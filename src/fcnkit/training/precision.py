@@ -11,6 +11,8 @@ True
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from fcnkit.errors import InputError
@@ -36,6 +38,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
                          f"--precision auto (bf16 where the hardware has it), fp32 or bf16.")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        warnings.warn("precision='bf16' on a CPU without native bf16 (AMX or AVX512-BF16): PyTorch emulates it, "
+                      "several times slower than fp32; pass --precision auto (fp32 here) or fp32.", stacklevel=2)
     return precision
 
 
