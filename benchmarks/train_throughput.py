@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fcnkit.data import PatchSampler, open_dataset
-from fcnkit.inference.model import native_bf16
+from fcnkit.hardware import native_bf16
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.models import build_model
 from fcnkit.training.config import TrainConfig

@@ -22,7 +22,7 @@ def test_auto_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     assert precision.resolve_precision("auto", cpu) == "fp32" and precision.autocast_dtype("auto", cpu) is None
-    with pytest.warns(UserWarning, match=r"precision='bf16' on a CPU without native bf16 .* pass --precision auto"):
+    with pytest.warns(UserWarning, match=r"precision='bf16' on a CPU without native bf16 .* pass precision='auto'"):
         assert precision.resolve_precision("bf16", cpu) == "bf16"  # asked for explicitly: emulated, but honoured
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert precision.autocast_dtype("auto", cpu) is torch.bfloat16

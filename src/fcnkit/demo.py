@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from fcnkit.errors import InputError
+from fcnkit.hardware import native_bf16
 from fcnkit.reporting.html import Report
 from fcnkit.reporting.tiled_demo import tiled_section
 
@@ -298,6 +299,12 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
             "checkpoint": result.best_checkpoint or result.last_checkpoint}
 
 
+# measured: 167 s on 2 cores of a CPU with AMX (bf16), 1011 s on 2 cores of an AVX2-only AMD EPYC (fp32)
+SLOW_HARDWARE = ("fcnkit demo: this machine has no native bf16 (AMX or AVX512-BF16; or a GPU), so the demo trains in "
+                 "fp32: expect about 17 minutes on 2 cores (3 minutes where bf16 is native); "
+                 "`fcnkit demo --quick` takes seconds.")
+
+
 def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
              log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo into ``out_dir`` (see the module docstring) and return what it measured."""
@@ -308,6 +315,8 @@ def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
     torch.manual_seed(s.seed)
     log(f"fcnkit demo{' --quick' if quick else ''}: writing to {out.resolve()} "
         f"({torch.get_num_threads()} torch threads)")
+    if not quick and not native_bf16(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
+        log(SLOW_HARDWARE)
     report = Report("fcnkit demo", subtitle="built-in digit scenes" + (" · quick run" if quick else ""))
     report.add_text("What this is", (
         f"The FCN story in order: a {s.clf_window}×{s.clf_window} window classifier turned into an FCN draws heat "

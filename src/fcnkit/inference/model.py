@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fcnkit.errors import InputError
+from fcnkit.hardware import EMULATED_BF16, native_bf16, onednn_bf16
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -41,23 +42,6 @@ class InferenceModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-# measured on an AVX2-only AMD EPYC: a 3×3 convolution 64→64 at 256², channels_last, 113 GFLOP/s in fp32, 13 in bf16
-EMULATED_BF16 = ("precision='bf16' on a CPU without native bf16 (AMX or AVX512-BF16): PyTorch emulates it, several "
-                 "times slower than fp32 (9x for a 3x3 convolution on an AVX2 CPU); pass precision='auto' (fp32 here) "
-                 "or 'fp32' unless you want bf16's numbers.")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 in hardware: CUDA's own check; on CPU AMX tiles or AVX512-BF16 (oneDNN
-    emulates bf16 elsewhere, slower than fp32)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(check() for check in checks if check is not None)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -170,13 +154,6 @@ class ConvReLU(nn.Module):
         c = self.conv
         return torch.ops.mkldnn._convolution_pointwise(x, c.weight, c.bias, list(c.padding), list(c.stride),
                                                        list(c.dilation), c.groups, "relu", [], "")
-
-
-def onednn_bf16() -> bool:
-    """Whether oneDNN computes bf16 convolutions on this CPU (its check: AVX512BW/VL/DQ or AVX-NE-CONVERT at least;
-    an AVX2-only CPU has none, and oneDNN's fused calls refuse bf16 there)."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check()) if check is not None else False
 
 
 def fuse_conv_relu(net: nn.Module) -> int:

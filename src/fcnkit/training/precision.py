@@ -16,19 +16,11 @@ import warnings
 import torch
 
 from fcnkit.errors import InputError
+from fcnkit.hardware import EMULATED_BF16, native_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 __all__ = ["PRECISIONS", "autocast_dtype", "native_bf16", "resolve_precision"]
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 convolutions natively (CUDA with bf16 support; CPU with AMX or AVX512-BF16)."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -39,8 +31,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
-        warnings.warn("precision='bf16' on a CPU without native bf16 (AMX or AVX512-BF16): PyTorch emulates it, "
-                      "several times slower than fp32; pass --precision auto (fp32 here) or fp32.", stacklevel=2)
+        warnings.warn(EMULATED_BF16, stacklevel=3)
     return precision
 
 
