@@ -15,6 +15,8 @@ import os
 import pkgutil
 import shlex
 import sys
+import warnings
+from collections.abc import Iterator
 from types import ModuleType
 
 from fcnkit import __version__
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         # a command with STOP_UNIT stops on SIGINT/SIGTERM at a safe point and says how to continue
-        with GracefulStop(unit=args._stop_unit) if args._stop_unit else contextlib.nullcontext():
+        with GracefulStop(unit=args._stop_unit) if args._stop_unit else contextlib.nullcontext(), _warnings_once():
             return int(args._run(args) or 0)
     except DiskFullError as exc:
         if not hasattr(args, "resume"):
@@ -102,6 +104,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fcnkit: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _warnings_once() -> Iterator[None]:
+    """Show each warning a command raises as one ``fcnkit: warning: ...`` line on stderr, once per message (the
+    library warns where it decides, e.g. once for the plan and once for the run; a user wants it said once)."""
+    shown: set[tuple[type, str]] = set()
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        key = (category, str(message))
+        if key in shown:
+            return
+        shown.add(key)
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        print(f"fcnkit: warning{kind}: {message}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def continue_command(argv: list[str], *, resume: bool) -> str:
