@@ -68,12 +68,28 @@ def _child(target: str, kwargs_json: str) -> None:
     print(_MARK + json.dumps(result), flush=True)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what ``platform`` knows ("x86_64" at worst)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
-    """Where the numbers come from."""
+    """Where the numbers come from: the CPU by name and by the widest vector unit PyTorch uses (AVX2, AVX512, ...;
+    bf16 runs natively only with AMX or AVX512-BF16)."""
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
-            platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    from fcnkit.hardware import native_bf16
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16(torch.device("cpu")), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:

@@ -77,7 +77,8 @@ def _unet(width: float = 1.0):
     return fcnkit.build_model("unet", num_classes=3, width=width).eval()
 
 
-def unet_rows(size: int, repeat: int, peak: dict, monai_path: str) -> list[dict]:
+def unet_rows(size: int, repeat: int, peak: dict, monai_path: str,
+              precisions: tuple[str, ...] = ("fp32", "bf16")) -> list[dict]:
     import torch
 
     from fcnkit.inference.tiled import plan_prediction, predict, predict_tiled
@@ -98,7 +99,7 @@ def unet_rows(size: int, repeat: int, peak: dict, monai_path: str) -> list[dict]
                      **info})
         print(f"{variant} {precision}: {seconds:.2f} s, {gflops:.0f} GFLOP/s", file=sys.stderr, flush=True)
 
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         record("whole", precision, lambda: predict(model, image, precision=precision))
         plan = plan_prediction(model, image, precision=precision)
         record("tiled (default budget)", precision, lambda: predict_tiled(model, image, plan=plan),
@@ -120,7 +121,8 @@ def unet_rows(size: int, repeat: int, peak: dict, monai_path: str) -> list[dict]
             return run
 
         record("MONAI sliding_window_inference (defaults, roi 512)", "fp32", monai(False))
-        record("MONAI sliding_window_inference (defaults, roi 512)", "bf16", monai(True), note="autocast")
+        if "bf16" in precisions:
+            record("MONAI sliding_window_inference (defaults, roi 512)", "bf16", monai(True), note="autocast")
     reference = outputs["whole/fp32"]
     for row in rows:
         logits = outputs[f"{row['variant']}/{row['precision']}"]
@@ -252,12 +254,20 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (about 2 min)")
     parser.add_argument("--no-agreement", action="store_true", help="skip the trained-model agreement part")
     parser.add_argument("--name", default="precision", help="results file name in benchmarks/results")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"),
+                        help="default: fp32, and bf16 where the CPU has native bf16 (elsewhere PyTorch emulates it, "
+                             "~9x slower than fp32; the peaks are measured in both either way)")
     args = parser.parse_args()
     size = args.size or (512 if args.quick else 1024)
     repeat = args.repeat or (1 if args.quick else 2)
     results: dict = {"size": size, "repeat": repeat, "load_average_start": os.getloadavg()[0]}
     results["peak_gflops"] = conv_peak(repeat)
-    results["unet"] = unet_rows(size, repeat, results["peak_gflops"], args.monai_path)
+    import torch
+
+    from fcnkit.hardware import native_bf16
+
+    precisions = tuple(args.precisions or (["fp32", "bf16"] if native_bf16(torch.device("cpu")) else ["fp32"]))
+    results["unet"] = unet_rows(size, repeat, results["peak_gflops"], args.monai_path, precisions)
     if not args.no_agreement:
         results["agreement"] = agreement_rows()
     if args.compile:

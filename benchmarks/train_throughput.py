@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -29,20 +29,12 @@ from fcnkit.models import build_model
 from fcnkit.training.config import TrainConfig
 from fcnkit.training.setup import build_optimizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine  # noqa: E402
+
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "unet", "segnet", "encoder_decoder")
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def images_per_second(name: str, precision: str, layout: str, batches: list, width: float, steps: int,
@@ -97,9 +89,9 @@ def main() -> None:
             row["images_per_s"][f"{precision} {layout}"] = rate
             print(f"{name}: {precision} {layout} {rate:.1f} images/s", flush=True)
         rows.append(row)
-    machine = cpu_name()
+    where = machine()
     print(f"\nwidth {args.width:g}, batches of {args.batch_size} 64x64 patches, {torch.get_num_threads()} thread(s), "
-          f"{machine} ({torch.backends.cpu.get_cpu_capability()}), load {load} -> {round(os.getloadavg()[0], 2)}\n")
+          f"{where['cpu']} ({where['cpu_capability']}), load {load} -> {round(os.getloadavg()[0], 2)}\n")
     columns = [f"{p} {layout}" for p, layout in variants]
     print("| model | " + " | ".join(f"{c} images/s" for c in columns) + " |")
     print("|---|" + "---:|" * len(columns))
@@ -107,8 +99,7 @@ def main() -> None:
         print(f"| {r['model']} | " + " | ".join(f"{r['images_per_s'][c]:.1f}" for c in columns) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"width": args.width, "batch_size": args.batch_size, "steps": args.steps,
-                                    "threads": torch.get_num_threads(), "cpu": machine,
-                                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_before": load,
+                                    "threads": torch.get_num_threads(), "machine": where, "load_before": load,
                                     "load_after": round(os.getloadavg()[0], 2), "results": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

@@ -35,3 +35,20 @@ def test_tile_sweep_reports_the_plan_and_cpu_times():
     row = tile_sweep.sweep_one("encoder_decoder", 64, "1GB", width=0.125)
     assert row["tile"] == "64×64" and row["tiles"] == 1 and row["overhead"] == pytest.approx(1.0)
     assert row["seconds"] > 0 and row["user_s"] >= 0 and row["system_s"] >= 0
+
+
+def test_unet_rows_in_fp32_only_where_bf16_would_be_emulated(monkeypatch, tmp_path):
+    monkeypatch.setenv("FCNKIT_BENCH_WIDTH", "0.0625")
+    rows = precision.unet_rows(64, 1, {"fp32": 1.0, "bf16": 1.0}, str(tmp_path), ("fp32",))
+    assert [r["precision"] for r in rows] == ["fp32"] * 3
+    assert all(r["speedup_vs_fp32"] == pytest.approx(1.0) for r in rows)
+
+
+def test_results_say_which_cpu():
+    import torch
+
+    from benchmarks.common import machine
+
+    where = machine()
+    assert where["cpu"] and where["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(where["native_bf16"], bool)

@@ -34,4 +34,4 @@ def test_the_script_writes_one_rate_per_model_and_variant(tmp_path):
     result = json.loads(out.read_text())
     assert [r["model"] for r in result["results"]] == ["encoder_decoder", "unet"]
     assert all(sorted(r["images_per_s"]) == ["fp32 channels_last", "fp32 contiguous"] for r in result["results"])
-    assert result["cpu"] and result["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert result["machine"]["cpu"] and result["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
