@@ -66,3 +66,17 @@ def test_prepare_out_creates_and_marks(tmp_path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (prepare_out(empty) / MARKER).is_file()
+
+
+def test_the_full_demo_says_up_front_when_it_trains_in_fp32(monkeypatch) -> None:
+    import torch
+
+    from fcnkit import demo
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(demo, "native_bf16", lambda device: False)
+    assert demo.hardware_note(False, cpu) == demo.SLOW_HARDWARE
+    assert "fp32" in demo.SLOW_HARDWARE and "fcnkit demo --quick" in demo.SLOW_HARDWARE
+    assert demo.hardware_note(True, cpu) is None  # --quick takes seconds anywhere
+    monkeypatch.setattr(demo, "native_bf16", lambda device: True)
+    assert demo.hardware_note(False, cpu) is None

@@ -305,6 +305,13 @@ SLOW_HARDWARE = ("fcnkit demo: this machine has no native bf16 (AMX or AVX512-BF
                  "`fcnkit demo --quick` takes seconds.")
 
 
+def hardware_note(quick: bool, device: torch.device | None = None) -> str | None:
+    """:data:`SLOW_HARDWARE` where the full demo will train in fp32 (``device``: where training runs, CUDA when
+    available), else None."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return None if quick or native_bf16(device) else SLOW_HARDWARE
+
+
 def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
              log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo into ``out_dir`` (see the module docstring) and return what it measured."""
@@ -315,8 +322,8 @@ def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
     torch.manual_seed(s.seed)
     log(f"fcnkit demo{' --quick' if quick else ''}: writing to {out.resolve()} "
         f"({torch.get_num_threads()} torch threads)")
-    if not quick and not native_bf16(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
-        log(SLOW_HARDWARE)
+    if (note := hardware_note(quick)) is not None:
+        log(note)
     report = Report("fcnkit demo", subtitle="built-in digit scenes" + (" · quick run" if quick else ""))
     report.add_text("What this is", (
         f"The FCN story in order: a {s.clf_window}×{s.clf_window} window classifier turned into an FCN draws heat "
