@@ -71,3 +71,14 @@ def test_failures_are_one_sentence():
         constant[0].bias.fill_(float("nan"))
     with pytest.raises(ModelError, match="the model returns NaN for a finite probe image"):
         probe_radius(constant)
+
+
+def test_reach_is_measured_on_each_side_of_the_block():
+    import torch.nn as nn
+
+    from fcnkit.geometry.probe import reach_of
+
+    same = nn.Sequential(nn.Conv2d(3, 4, 5, padding=2), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1)).eval()
+    assert reach_of(same, 3, stride=1) == (3, 3)
+    valid = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.Conv2d(4, 2, 3)).eval()  # field 8 at stride 2
+    assert reach_of(valid, 3, stride=2) == (0, 6)

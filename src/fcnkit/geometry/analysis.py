@@ -127,7 +127,7 @@ def _measured(model: nn.Module, in_channels: int, reason: str | None) -> Geometr
     try:
         net = _probe.cpu_copy(model)
         stride, padding = _probe.measure_stride(net, in_channels)
-        radius = _probe.radius_of(net, in_channels)
+        reach = _probe.reach_of(net, in_channels, stride=stride)  # (before, after) the output pixel's own block
     except _probe.NoSpatialOutput as exc:
         if reason is None:
             reason = (f"{type(model).__name__} returns {exc} with no spatial axes: it is a classifier of whole "
@@ -137,15 +137,18 @@ def _measured(model: nn.Module, in_channels: int, reason: str | None) -> Geometr
         if reason is None:
             raise
         return Geometry(0, 0, 0, 0, "same", False, reason)
-    if radius is None:
+    if reach is None:
         reason = reason or (f"{type(model).__name__}: changing input pixels {_probe.MAX_SIZE // 2} pixels away "
                             f"changes an output pixel (probe); the output depends on the whole image")
         return Geometry(_probe.MAX_SIZE, stride, stride, 0, padding, False, reason)
+    radius = max(reach)
     multiple = _probe.measure_multiple(net, in_channels, stride, radius)
     if multiple is None:
         reason = reason or (f"{type(model).__name__}: shifting the image by up to {_probe.MAX_SHIFT} pixels "
                             f"does not shift the output (probe), so the model is not translation-equivariant")
         multiple = stride
+    if padding == "valid":  # it reads only after its block: field s + before + after, context after = field - s
+        return _geometry(sum(reach), stride + sum(reach), stride, multiple, padding, reason)
     return _geometry(radius, stride + 2 * radius, stride, multiple, padding, reason)
 
 

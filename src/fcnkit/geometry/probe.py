@@ -66,15 +66,28 @@ def measure_stride(net: nn.Module, in_channels: int) -> tuple[int, str]:
 
 def radius_of(net: nn.Module, in_channels: int, max_size: int = MAX_SIZE, size: int | None = None) -> int | None:
     """:func:`probe_radius` on a prepared copy: grows the probe image (from 64, or only ``size``) until it fits."""
-    radii = []
+    reach = reach_of(net, in_channels, max_size=max_size, size=size)
+    return None if reach is None else max(reach)
+
+
+def reach_of(net: nn.Module, in_channels: int, *, stride: int | None = None, max_size: int = MAX_SIZE,
+             size: int | None = None) -> tuple[int, int] | None:
+    """How far before and after its own block of input pixels an output pixel reads, ``(before, after)``, the
+    larger of rows and columns; ``None`` where a ``max_size`` image is not enough (see :func:`probe_radius`).
+
+    A "same" model reads about as far each way; a "valid" one reads only after its block (output pixel j of
+    unpadded convolutions and pools at stride s sees input s*j onwards), so its receptive field is s + before + after,
+    not s + 2*max(before, after). ``stride``: the measured output stride (else estimated from the probe's size).
+    """
+    reaches = []
     for axis in (2, 3):
         side = size or 64
-        while (radius := _radius_at(net, in_channels, side, axis)) is None and side < max_size and size is None:
+        while (reach := _reach_at(net, in_channels, side, axis, stride)) is None and side < max_size and size is None:
             side *= 2
-        if radius is None:
+        if reach is None:
             return None
-        radii.append(radius)
-    return max(radii)
+        reaches.append(reach)
+    return max(r[0] for r in reaches), max(r[1] for r in reaches)
 
 
 def probe_radius(model: nn.Module, in_channels: int = 3, *, max_size: int = MAX_SIZE,
@@ -82,9 +95,10 @@ def probe_radius(model: nn.Module, in_channels: int = 3, *, max_size: int = MAX_
     """Largest distance of an input pixel that changes an output pixel, measured on an eval-mode CPU copy.
 
     The distance is counted (Chebyshev, in input pixels) from the block of input pixels the output pixel stands
-    for (one pixel for a dense model, s×s at output stride s): a 3×3 convolution gives 1. All pixels at distance
-    ≥ d are set to NaN at once (see the module docstring), so "the output turns NaN" is monotone in d and a batched
-    search over d finds the largest d. Returns ``None`` when pixels as far as a ``max_size`` image allows still change it (non-local, or a
+    for (one pixel for a dense model, s×s at output stride s): a 3×3 convolution gives 1. On each side of the block
+    in turn, all pixels at distance ≥ d are set to NaN at once (see the module docstring), so "the output turns NaN"
+    is monotone in d and a bisection finds the largest d; the radius is the larger side (:func:`reach_of` gives
+    both). Returns ``None`` when pixels as far as a ``max_size`` image allows still change it (non-local, or a
     receptive field too large to measure). ``size`` probes with that image side only (skipping the growth from 64
     when the radius is roughly known). Raises ``ModelError`` if the model fails on the probe images.
 
@@ -95,8 +109,9 @@ def probe_radius(model: nn.Module, in_channels: int = 3, *, max_size: int = MAX_
     return radius_of(cpu_copy(model), in_channels, max_size, size)
 
 
-def _radius_at(net: nn.Module, channels: int, size: int, axis: int) -> int | None:
-    """Radius along ``axis`` (2 rows, 3 columns) on a ``size`` × 32 image with NaN lines across the thin side."""
+def _reach_at(net: nn.Module, channels: int, size: int, axis: int, stride: int | None) -> tuple[int, int] | None:
+    """``(before, after)`` along ``axis`` (2 rows, 3 columns) on a ``size`` × 32 image with NaN lines across the thin
+    side; ``None`` when the reach on either side meets the image's edge."""
     shape = (size, 32) if axis == 2 else (32, size)
     base = _image(1, channels, *shape)
     pos = torch.arange(shape[axis - 2])
@@ -106,34 +121,31 @@ def _radius_at(net: nn.Module, channels: int, size: int, axis: int) -> int | Non
     if ref.isnan().any():
         raise ModelError("analyze: the model returns NaN for a finite probe image; fix the model's weights first.")
     n = ref.shape[axis]
-    stride = max(1, round(size / n))
+    stride = stride or max(1, round(size / n))
     centre = n // 2
     start, end = centre * stride, centre * stride + stride - 1  # input block of the centre output pixel
-    far = min(start, size - 1 - end)  # largest distance inside the image
-    dist = torch.maximum(start - pos, pos - end).clamp(min=0)
     pick = [slice(None)] * 4
     pick[axis], pick[5 - axis] = centre, ref.shape[5 - axis] // 2
-
-    def changed(ds: list[int]) -> list[bool]:
-        batch = base.expand(len(ds), -1, -1, -1).clone()
-        for i, d in enumerate(ds):
-            index: list = [i, slice(None), slice(None), slice(None)]
-            index[axis] = dist >= d
-            batch[tuple(index)] = math.nan
-        return _run(net, batch)[tuple(pick)].isnan().any(dim=1).tolist()
-
-    at_zero = bool(all_nan[tuple(pick)].isnan().any())
-    at_far = changed([far])[0]
-    if not at_zero:
+    if not bool(all_nan[tuple(pick)].isnan().any()):
         raise ModelError("analyze: the model's output does not change when its whole input does; fcnkit analyzes "
                          "networks whose output is computed from the image.")
-    if at_far:
-        return None
-    lo, hi = 0, far  # changed(lo) and not changed(hi)
-    while hi - lo > 1:  # bisection: fewest probe images in all
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if changed([mid])[0] else (lo, mid)
-    return lo
+    reach = []
+    for dist, far in ((start - pos, start), (pos - end, size - 1 - end)):  # before the block, after it
+        def changed(d: int, dist: torch.Tensor = dist) -> bool:
+            probe = base.clone()
+            index: list = [0, slice(None), slice(None), slice(None)]
+            index[axis] = dist >= d
+            probe[tuple(index)] = math.nan
+            return bool(_run(net, probe)[tuple(pick)].isnan().any())
+
+        if far < 0 or changed(far):  # NaN as far as the image's edge still reaches it: the image is too small
+            return None
+        lo, hi = 0, far  # changed(lo) (distance 0 is the block's own edge pixel) and not changed(hi)
+        while hi - lo > 1:  # bisection: fewest probe images in all
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if changed(mid) else (lo, mid)
+        reach.append(lo)
+    return reach[0], reach[1]
 
 
 def measure_multiple(net: nn.Module, channels: int, stride: int, radius: int) -> int | None:
