@@ -118,11 +118,32 @@ def output_size(prepared: InferenceModel, geometry: Any, height: int, width: int
     formula = formula_size(geometry, height, width)
     try:
         y = _fake_forward(prepared, (1, channels, height, width))
-    except Exception:  # any failure of the unpadded run: the padded run is what predict does anyway
-        return formula
+    except Exception:  # no shape-only run (an ONNX model): one small real run and the period of the size
+        return _measured_size(prepared, geometry, height, width, channels) or formula
     if not isinstance(y, torch.Tensor) or y.ndim != 4:
         finish(y, "logits")  # raises the ModelError that explains it
     return int(y.shape[2]), int(y.shape[3])
+
+
+def _measured_size(prepared: InferenceModel, geometry: Any, height: int, width: int,
+                   channels: int) -> tuple[int, int] | None:
+    """The output size on an H×W image from one real run on a small image of the same sizes modulo D: a
+    translation-equivariant model's output grows by D/s rows for every D input rows, so ``size(n) = size(m) +
+    (n − m)/D · D/s`` for m ≡ n (mod D) above the receptive field. This catches what the formula cannot know, e.g.
+    the extra partial window of a ``ceil_mode`` pooling on an odd side. None if the model fails on it."""
+    s = int(geometry.output_stride)
+    d = math.lcm(int(geometry.input_multiple), s)
+    base = round_up(max(int(geometry.receptive_field), d), d) + d
+    small = [n if n < base + d else base + (n - base) % d for n in (height, width)]
+    try:
+        with torch.no_grad():
+            x = torch.zeros((1, channels, *small), device=prepared.device, dtype=prepared.dtype)
+            y = prepared.net(x.contiguous(memory_format=prepared.memory_format))
+    except Exception:  # the padded run is what predict does anyway; its own error explains more
+        return None
+    if not isinstance(y, torch.Tensor) or y.ndim != 4:
+        return None
+    return tuple(int(m) + (n - k) // d * (d // s) for m, n, k in zip(y.shape[2:], (height, width), small))
 
 
 def _fake_forward(prepared: InferenceModel, shape: tuple[int, ...]) -> Any:
