@@ -140,12 +140,7 @@ def test_onnx_zoo_any_size(tmp_path, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    *sorted(set(ZOO) - {"segnet"}),
-    pytest.param("segnet", marks=pytest.mark.xfail(
-        strict=True, raises=ModelError,
-        reason="torch's max_unpool2d checks output_size with a Python bool, which jit.trace cannot record")),
-])
+@pytest.mark.parametrize("name", sorted(ZOO))  # segnet too: fcnkit's MaxUnpool traces for any size
 def test_torchscript_zoo_any_size(tmp_path, name):
     model = _zoo_model(name)
     export_torchscript(model, tmp_path / f"{name}.ts")

@@ -126,7 +126,8 @@ def test_max_pool_unpool_roundtrip_on_odd_size():
     # every kept value is a block maximum, back at its place; everything else is zero
     assert torch.equal(z[z != 0], x[z != 0]) and int((z != 0).sum()) == y.numel()
     pool, unpool = indexed_max_pool(2), max_unpooler(2)
-    assert type(pool) is torch.nn.MaxPool2d and type(unpool) is torch.nn.MaxUnpool2d  # fx leaves
+    # fx leaves for fcnkit's geometry tracer (it keeps subclasses of torch's spatial modules whole)
+    assert type(pool) is torch.nn.MaxPool2d and isinstance(unpool, torch.nn.MaxUnpool2d)
     y2, idx2 = pool(x)
     assert torch.equal(y2, y) and torch.equal(idx2, idx)
     assert torch.equal(unpool(y2, idx2, x.shape[-2:]), z)
@@ -215,3 +216,20 @@ def test_he_init_scales_weights_for_relu_and_zeroes_biases():
     assert abs(conv.weight.std().item() - (2 / (64 * 9)) ** 0.5) < 0.005
     assert abs(linear.weight.std().item() - (2 / 300) ** 0.5) < 0.01
     assert conv.bias.abs().sum() == 0 and linear.bias.abs().sum() == 0
+
+
+def test_max_unpooler_traces_for_any_size():
+    """A trace of torch's max_unpool2d freezes its output size; fcnkit's MaxUnpool records it from the tensors."""
+    from fcnkit.layers import MaxUnpool, indexed_max_pool, max_unpooler
+
+    pool, unpool = indexed_max_pool(2), max_unpooler(2)
+    assert isinstance(unpool, MaxUnpool) and isinstance(unpool, torch.nn.MaxUnpool2d)  # a leaf for the geometry
+
+    def roundtrip(x: torch.Tensor) -> torch.Tensor:
+        return unpool(*pool(x))
+
+    traced = torch.jit.trace(roundtrip, (torch.randn(1, 3, 8, 12),))
+    for shape in [(1, 3, 8, 12), (2, 4, 6, 10), (1, 1, 2, 2)]:
+        x = torch.randn(*shape)
+        want = torch.nn.MaxUnpool2d(2, stride=2)(*pool(x))
+        assert torch.equal(roundtrip(x), want) and torch.equal(traced(x), want)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from fcnkit.errors import InputError, ModelError
 
@@ -218,13 +219,32 @@ def indexed_max_pool(kernel_size: int = 2) -> nn.MaxPool2d:
     return nn.MaxPool2d(kernel_size, stride=kernel_size, return_indices=True)
 
 
-def max_unpooler(kernel_size: int = 2) -> nn.MaxUnpool2d:
+class MaxUnpool(nn.MaxUnpool2d):
+    """``nn.MaxUnpool2d`` with kernel = stride that ``torch.jit.trace`` can record for any input size.
+
+    torch's ``max_unpool2d`` needs its output size as numbers, which a trace freezes to the traced input's (and its
+    Python-side check fails outright on traced sizes). While tracing, with no ``output_size`` given, this one writes
+    the values into a zero tensor k times the input's size, built from the input itself (``zeros_like(x).repeat``),
+    at the saved indices: the same result (pooling windows do not overlap, so no two indices meet), with every size
+    taken from the tensors at run time. Outside tracing it is ``nn.MaxUnpool2d`` itself, checks included.
+    """
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        if output_size is None and torch.jit.is_tracing():
+            k = _pair(self.kernel_size)
+            grid = torch.zeros_like(x).repeat(1, 1, k[0], k[1])  # (N, C, k·h, k·w)
+            return grid.flatten(2).scatter(2, indices.flatten(2), x.flatten(2)).view_as(grid)
+        return super().forward(x, indices, output_size)
+
+
+def max_unpooler(kernel_size: int = 2) -> MaxUnpool:
     """Module form of :func:`max_unpool`, paired with :func:`indexed_max_pool` of the same ``kernel_size``.
 
-    Called as ``unpool(y, indices, output_size=(H, W))``: (N, C, h, w) -> (N, C, H, W).
+    Called as ``unpool(y, indices)`` (or with ``output_size=(H, W)`` after pooling an odd size): (N, C, h, w) ->
+    (N, C, H, W), H = k·h by default. It traces for any input size (TorchScript export; see :class:`MaxUnpool`).
     """
     _check_positive_int(kernel_size, "kernel_size")
-    return nn.MaxUnpool2d(kernel_size, stride=kernel_size)
+    return MaxUnpool(kernel_size, stride=kernel_size)
 
 
 _UPSAMPLE_MODES = ("nearest", "bilinear")
