@@ -133,6 +133,8 @@ def _measured_size(prepared: InferenceModel, geometry: Any, height: int, width: 
     the extra partial window of a ``ceil_mode`` pooling on an odd side. None if the model fails on it."""
     s = int(geometry.output_stride)
     d = math.lcm(int(geometry.input_multiple), s)
+    if s < 1 or d < 1:  # nothing measured: no period to follow
+        return None
     base = round_up(max(int(geometry.receptive_field), d), d) + d
     small = [n if n < base + d else base + (n - base) % d for n in (height, width)]
     try:
