@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from torch import nn
 
 from fcnkit.checkpoint import save_checkpoint
 from fcnkit.cli import main

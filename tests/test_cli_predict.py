@@ -21,7 +21,7 @@ import fcnkit
 from fcnkit.checkpoint import save_checkpoint
 from fcnkit.cli import main
 from fcnkit.reporting.legend import font_size, legend_strip
-from fcnkit.io import open_image, read_image
+from fcnkit.io import read_image
 from fcnkit.inference.tiled import predict
 
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from fcnkit.errors import InputError
 from fcnkit.io import open_image, read_image
-from fcnkit.io.pixels import (CHANNEL_CONVERSIONS, ConvertedImage, PixelConversion, conversion_for, converted,
+from fcnkit.io.pixels import (ConvertedImage, PixelConversion, conversion_for, converted,
                               display_rgb, to_8_bit)
 from tiling_models import RecordingArray
 
