@@ -79,6 +79,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def default_precisions() -> list[str]:
+    """The precisions a benchmark times unless told: fp32, and bf16 where the CPU has it natively (elsewhere PyTorch
+    emulates bf16, ~9x slower than fp32, which would measure the emulation)."""
+    import torch
+
+    from fcnkit.hardware import native_bf16
+
+    return ["fp32", "bf16"] if native_bf16(torch.device("cpu")) else ["fp32"]
+
+
 def machine() -> dict:
     """Where the numbers come from: the CPU by name and by the widest vector unit PyTorch uses (AVX2, AVX512, ...;
     bf16 runs natively only with AMX or AVX512-BF16)."""

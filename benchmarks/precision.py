@@ -34,7 +34,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import OUT, markdown_table, write_results  # noqa: E402
+from benchmarks.common import OUT, default_precisions, markdown_table, write_results  # noqa: E402
 
 
 def _best(fn, repeat: int) -> tuple[float, object]:
@@ -262,11 +262,7 @@ def main() -> None:
     repeat = args.repeat or (1 if args.quick else 2)
     results: dict = {"size": size, "repeat": repeat, "load_average_start": os.getloadavg()[0]}
     results["peak_gflops"] = conv_peak(repeat)
-    import torch
-
-    from fcnkit.hardware import native_bf16
-
-    precisions = tuple(args.precisions or (["fp32", "bf16"] if native_bf16(torch.device("cpu")) else ["fp32"]))
+    precisions = tuple(args.precisions or default_precisions())
     results["unet"] = unet_rows(size, repeat, results["peak_gflops"], args.monai_path, precisions)
     if not args.no_agreement:
         results["agreement"] = agreement_rows()

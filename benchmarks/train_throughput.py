@@ -3,10 +3,11 @@ in either memory layout.
 
 Each model (width 0.25 by default) trains on batches of 64x64 patches of the digit scenes exactly as ``fcnkit
 train`` does (the trainer's own optimizer: fused AdamW, per-pixel cross-entropy in fp32, bf16 autocast for
-``bf16``, the model and its batches in channels_last); a few warm-up steps, then ``--steps`` timed steps. Batches are drawn before the clock starts, so the figure is the
-model's step, not the scene renderer. ``--memory-formats channels_last contiguous`` times both layouts side by side
-(the A/B behind the trainer's choice of channels_last). bf16 is timed by default only where the CPU has native bf16 (elsewhere PyTorch
-emulates it, several times slower than fp32). Run it alone: other jobs on the cores change the figures.
+``bf16``, the model and its batches in channels_last); a few warm-up steps, then ``--steps`` timed steps. Batches
+are drawn before the clock starts, so the figure is the model's step, not the scene renderer. ``--memory-formats
+channels_last contiguous`` times both layouts side by side (the A/B behind the trainer's choice of channels_last).
+bf16 is timed by default only where the CPU has native bf16 (elsewhere PyTorch emulates it, several times slower
+than fp32). Run it alone: other jobs on the cores change the figures.
 
     python benchmarks/train_throughput.py            # Markdown table; JSON to benchmarks/results/
 """
@@ -23,14 +24,13 @@ from pathlib import Path
 import torch
 
 from fcnkit.data import PatchSampler, open_dataset
-from fcnkit.hardware import native_bf16
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.models import build_model
 from fcnkit.training.config import TrainConfig
 from fcnkit.training.setup import build_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import default_precisions, machine  # noqa: E402
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "unet", "segnet", "encoder_decoder")
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -62,7 +62,6 @@ def images_per_second(name: str, precision: str, layout: str, batches: list, wid
 
 
 def main() -> None:
-    cpu = torch.device("cpu")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--width", type=float, default=0.25)
@@ -70,7 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model and variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"),
-                        default=["fp32", "bf16"] if native_bf16(cpu) else ["fp32"],
+                        default=default_precisions(),
                         help="default: fp32, and bf16 where the CPU has native bf16")
     parser.add_argument("--memory-formats", nargs="+", choices=tuple(LAYOUTS), default=["channels_last"],
                         help="layouts to time (default: channels_last, the trainer's)")

@@ -84,7 +84,7 @@ def test_a_command_says_each_warning_once_as_one_line(tmp_path, capsys, monkeypa
     from fcnkit.checkpoint import save_checkpoint
     from fcnkit.inference import model as inference_model
 
-    monkeypatch.setattr(inference_model, "native_bf16", lambda device: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)  # the warning asks fcnkit.hardware
     monkeypatch.setattr(inference_model, "onednn_bf16", lambda: False)
     torch.manual_seed(0)
     net = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125)

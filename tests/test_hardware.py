@@ -27,3 +27,16 @@ def test_onednn_bf16_is_oneDNNs_own_answer(monkeypatch):
 
 def test_the_emulation_warning_names_the_fix():
     assert "precision='auto'" in hardware.EMULATED_BF16 and "fp32" in hardware.EMULATED_BF16
+
+
+def test_warn_if_emulated_only_for_bf16_on_a_cpu_without_it(monkeypatch, recwarn):
+    import pytest
+
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)
+    with pytest.warns(UserWarning, match="PyTorch emulates it"):
+        hardware.warn_if_emulated("bf16", torch.device("cpu"))
+    hardware.warn_if_emulated("fp32", torch.device("cpu"))
+    hardware.warn_if_emulated("bf16", torch.device("meta"))
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
+    hardware.warn_if_emulated("bf16", torch.device("cpu"))
+    assert not [w for w in recwarn if "emulates" in str(w.message)]

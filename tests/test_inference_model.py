@@ -169,11 +169,12 @@ def test_conv_relu_is_fused_on_cpu_with_the_same_values():
 def test_bf16_is_not_fused_where_onednn_has_no_bf16_path(monkeypatch):
     """On an AVX2-only CPU oneDNN's fused convolution refuses bf16 ("bf16 path needs the cpu support ..."): such
     convolutions stay plain, which PyTorch computes there (emulated), and fp32 ones are still fused."""
+    from fcnkit import hardware
     from fcnkit.inference import model as inference_model
     from fcnkit.inference.model import ConvReLU
 
     monkeypatch.setattr(inference_model, "onednn_bf16", lambda: False)
-    monkeypatch.setattr(inference_model, "native_bf16", lambda device: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)  # the warning asks fcnkit.hardware
     torch.manual_seed(0)
     model = fcnkit.build_model("unet", num_classes=3, width=0.125).eval()
     with pytest.warns(UserWarning, match=r"PyTorch emulates it, several times slower than fp32 .* precision='auto'"):

@@ -7,9 +7,11 @@ False
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-__all__ = ["EMULATED_BF16", "native_bf16", "onednn_bf16"]
+__all__ = ["EMULATED_BF16", "native_bf16", "onednn_bf16", "warn_if_emulated"]
 
 # measured on an AVX2-only AMD EPYC: a 3×3 convolution 64→64 at 256², channels_last, 113 GFLOP/s in fp32, 13 in bf16;
 # a SegNet (width 0.25) training step on 8 patches of 128², bf16 autocast, 4.13 s against 0.39 s in fp32
@@ -35,3 +37,10 @@ def onednn_bf16() -> bool:
     while a plain convolution still computes it, emulated."""
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check()) if check is not None else False
+
+
+def warn_if_emulated(precision: str, device: torch.device, *, stacklevel: int = 2) -> None:
+    """Warn (:data:`EMULATED_BF16`) when a resolved ``precision`` of ``"bf16"`` will run on a CPU that emulates it.
+    ``stacklevel`` counts from the caller of this function, as in ``warnings.warn``."""
+    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        warnings.warn(EMULATED_BF16, stacklevel=stacklevel + 1)

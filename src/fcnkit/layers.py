@@ -230,8 +230,9 @@ class MaxUnpool(nn.MaxUnpool2d):
     """
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
-        if output_size is None and torch.jit.is_tracing():
-            k = _pair(self.kernel_size)
+        k = _pair(self.kernel_size)
+        if (output_size is None and torch.jit.is_tracing() and _pair(self.stride) == k
+                and _pair(self.padding) == (0, 0)):
             grid = torch.zeros_like(x).repeat(1, 1, k[0], k[1])  # (N, C, k·h, k·w)
             return grid.flatten(2).scatter(2, indices.flatten(2), x.flatten(2)).view_as(grid)
         return super().forward(x, indices, output_size)

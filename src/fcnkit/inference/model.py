@@ -14,7 +14,6 @@ applied by the same oneDNN call (another pass saved).
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from fcnkit.errors import InputError
-from fcnkit.hardware import EMULATED_BF16, native_bf16, onednn_bf16
+from fcnkit.hardware import native_bf16, onednn_bf16, warn_if_emulated
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -90,8 +89,7 @@ def prepare(model: nn.Module | InferenceModel, *, device: str | torch.device | N
         raise InputError(f"model is a {type(model).__name__}; expected a torch.nn.Module.")
     target = resolve_device(model, device)
     resolved = resolve_precision(precision or "fp32", target)
-    if resolved == "bf16" and target.type == "cpu" and not native_bf16(target):
-        warnings.warn(EMULATED_BF16, stacklevel=3)
+    warn_if_emulated(resolved, target, stacklevel=3)
     dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
     # channels_last is what oneDNN runs fastest on CPU (3×3 convolutions ~1.8×); cuDNN picks its own layout
     memory_format = torch.channels_last if target.type == "cpu" else torch.contiguous_format

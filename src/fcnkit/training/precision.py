@@ -11,12 +11,10 @@ True
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from fcnkit.errors import InputError
-from fcnkit.hardware import EMULATED_BF16, native_bf16
+from fcnkit.hardware import native_bf16, warn_if_emulated
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -30,8 +28,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
                          f"--precision auto (bf16 where the hardware has it), fp32 or bf16.")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
-        warnings.warn(EMULATED_BF16, stacklevel=3)
+    warn_if_emulated(precision, device, stacklevel=3)
     return precision
 
 
