@@ -7,6 +7,7 @@ import re
 import pytest
 from ome_check import check_ome_zarr
 
+from fcnkit.checkpoint import read_checkpoint
 from fcnkit.cli import main
 from fcnkit.demo import MARKER, prepare_out
 from fcnkit.errors import InputError
@@ -29,6 +30,15 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     exact = re.search(r"max \|tiled - whole-image logits\| (\S+), labels identical", printed)
     assert exact and float(exact.group(1)) <= 1e-4  # the exact-tiling promise, measured by the demo itself
     assert printed.rstrip().endswith(f"report: {out / 'report.html'}")
+
+    # One classifier for the story: the checkpoint whose accuracy is printed is the transfer model's encoder.
+    used = re.search(r"window accuracy on held-out windows: (\d\.\d{3}) \((best|last)\.pt, step (\d+) of 40, ",
+                     printed)
+    assert used, printed
+    raw = read_checkpoint(out / "digit_classifier" / f"{used.group(2)}.pt")
+    assert used.group(1) == f"{raw['metrics']['pixel_accuracy']:.3f}" and int(used.group(3)) == raw["step"]
+    backbone = read_checkpoint(out / "fcn8s_on" / "last.pt")["extra"]["config"]["backbone"]
+    assert backbone == str(out / "digit_classifier" / f"{used.group(2)}.pt")
 
     html = (out / "report.html").read_text()
     assert 'id="metrics"' in html and 'id="per-class-iu"' in html

@@ -49,6 +49,17 @@ def test_run_metrics_and_custom_target(tiny_run, tmp_path) -> None:
     assert target.is_file()
 
 
+@pytest.mark.slow
+def test_load_run_reads_the_checkpoint_asked_for(tiny_run) -> None:
+    best = load_run(tiny_run, checkpoint="best.pt")
+    assert best.checkpoint == tiny_run / "best.pt"
+    assert best.metrics["mean_iu"] == pytest.approx(max(r["mean_iu"] for r in best.records))  # its own scores
+    assert best.raw["step"] in (2, 4)
+    with pytest.raises(CheckpointError, match=r"checkpoint: expected '.*nope\.pt', found no such file \(checkpoints "
+                                              r"in '.*': best\.pt, last\.pt\); pass one of those"):
+        load_run(tiny_run, checkpoint="nope.pt")
+
+
 def test_refuses_a_folder_without_checkpoints(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"run_dir: expected a training folder holding last.pt or best.pt, "
                                               r"found neither in '.*'; point at the --out folder of fcnkit train"):

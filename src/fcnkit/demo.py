@@ -88,7 +88,7 @@ class DemoResult:
     report: Path
     metrics: dict  # the segmentation model's (fcn8s_on) scores on held-out scenes: four metrics, per-class "iu"
     class_names: list[str]
-    window_accuracy: float  # digit_classifier on held-out windows
+    window_accuracy: float  # digit_classifier (its best.pt, the one the demo uses) on held-out windows
     localization: dict  # heat maps, every window: {"centres", "hits", "fraction", "border", "step"} (4 px)
     compare: dict[str, dict]  # model -> scores of the from-scratch comparison
     fcn_seconds: float  # one convolutionalized pass over the heat-map scene
@@ -232,9 +232,14 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
             eval_every=max(1, s.clf_steps // s.evaluations), checkpoint_every=s.clf_steps,
             val_count=s.clf_val_windows, windows=s.clf_windows, out=str(out / "digit_classifier"), seed=s.seed,
             progress=progress))
-    accuracy = float(result.metrics["pixel_accuracy"])
-    log(f"      window accuracy on held-out windows: {accuracy:.3f}")
-    run = load_run(out / "digit_classifier")
+    # One classifier for the whole story: the checkpoint with the best held-out mean IU (best.pt, as `fcnkit train`
+    # keeps it) draws the heat maps, is scored, and becomes the transfer model's encoder.
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    run = load_run(out / "digit_classifier", checkpoint=checkpoint.name)
+    accuracy = float(run.metrics["pixel_accuracy"])
+    log(f"      window accuracy on held-out windows: {accuracy:.3f} ({checkpoint.name}, step {run.raw.get('step')} "
+        f"of {s.clf_steps}, chosen by held-out mean IU; {float(result.metrics['pixel_accuracy']):.3f} at the last "
+        f"step); the heat maps and the transfer use it")
     add_run_sections(report, run, out / "pictures" / "digit_classifier", title="digit_classifier",
                      losses=result.losses, samples=0)
     classifier = run.model.eval()
@@ -296,7 +301,7 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
         "max |FCN − classifier| over the crop's windows": f"{max_diff:.2e}"})
     return {"window_accuracy": accuracy, "fcn_seconds": fcn_seconds, "sliding_seconds": sliding_seconds,
             "extrapolated": crop_windows < all_windows, "max_diff": max_diff, "localization": loc,
-            "checkpoint": result.best_checkpoint or result.last_checkpoint}
+            "checkpoint": checkpoint}
 
 
 # measured: 167 s on 2 cores of a CPU with AMX (bf16), 1011 s on 2 cores of an AVX2-only AMD EPYC (fp32)

@@ -32,7 +32,7 @@ class RunInfo:
     """A finished (or interrupted) training run, read back from its folder."""
 
     folder: Path
-    checkpoint: Path  # last.pt, or best.pt when last.pt is missing
+    checkpoint: Path  # last.pt, or best.pt when last.pt is missing (or the one asked for)
     raw: dict  # the checkpoint dict (fcnkit.checkpoint.read_checkpoint)
     records: list[dict]  # metrics.jsonl, in order
     model: nn.Module
@@ -63,20 +63,31 @@ class RunInfo:
         return out
 
 
-def load_run(run_dir: str | os.PathLike) -> RunInfo:
-    """Read a training folder: ``last.pt`` (or ``best.pt``), its model, and ``metrics.jsonl`` when present."""
+def load_run(run_dir: str | os.PathLike, checkpoint: str | None = None) -> RunInfo:
+    """Read a training folder: ``last.pt`` (or ``best.pt``), its model, and ``metrics.jsonl`` when present.
+
+    ``checkpoint`` names the file to read instead (``"best.pt"``: the weights with the best held-out mean IU).
+    """
     from fcnkit.checkpoint import load_checkpoint, read_checkpoint
     from fcnkit.reporting.curves import read_metrics
 
     folder = Path(run_dir)
-    candidates = [folder / "last.pt", folder / "best.pt"]
-    checkpoint = next((p for p in candidates if p.is_file()), None)
-    if checkpoint is None:
+    if checkpoint is not None:
+        chosen = folder / checkpoint
+        if not chosen.is_file():
+            found = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+            raise CheckpointError(f"checkpoint: expected '{chosen}', found no such file (checkpoints in '{folder}': "
+                                  f"{', '.join(found) or 'none'}); pass one of those, or run fcnkit train first.")
+        candidates = [chosen]
+    else:
+        candidates = [folder / "last.pt", folder / "best.pt"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
         raise CheckpointError(f"run_dir: expected a training folder holding last.pt or best.pt, found neither in "
                               f"'{folder}'; point at the --out folder of fcnkit train.")
     log = folder / "metrics.jsonl"
     records = read_metrics(log) if log.is_file() else []
-    return RunInfo(folder, checkpoint, read_checkpoint(checkpoint), records, load_checkpoint(checkpoint))
+    return RunInfo(folder, path, read_checkpoint(path), records, load_checkpoint(path))
 
 
 def _settings(run: RunInfo) -> dict[str, Any]:
