@@ -73,7 +73,8 @@ def test_precision_names_and_auto():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
     assert resolve_precision("fp32", cpu) == "fp32"
-    with pytest.raises(InputError, match="precision='fp16' is not known; expected one of fp32, bf16, auto"):
+    with pytest.raises(InputError, match=r"precision: expected one of auto, fp32, bf16, found 'fp16'; pass 'auto' \(bf16 where the "
+                                           r"hardware has it natively\), 'fp32' or 'bf16'\."):
         predict(_unet_bn(), _image(16, 16), precision="fp16")
 
 

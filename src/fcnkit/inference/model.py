@@ -23,7 +23,7 @@ from torch import nn
 from fcnkit.errors import InputError
 from fcnkit.hardware import native_bf16, onednn_bf16, warn_if_emulated
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,11 @@ class InferenceModel:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"fp32"`` or ``"bf16"``; ``"auto"`` is bf16 where ``device`` has native bf16."""
+    """``"fp32"`` or ``"bf16"``; ``"auto"`` is bf16 where ``device`` has native bf16. Inference and training both
+    resolve here; each warns (:func:`fcnkit.hardware.warn_if_emulated`) where its call is."""
     if precision not in PRECISIONS:
-        raise InputError(f"precision={precision!r} is not known; expected one of {', '.join(PRECISIONS)}.")
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}; pass 'auto' "
+                         f"(bf16 where the hardware has it natively), 'fp32' or 'bf16'.")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision

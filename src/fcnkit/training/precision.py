@@ -13,25 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from fcnkit.errors import InputError
 from fcnkit.hardware import native_bf16, warn_if_emulated
-
-PRECISIONS = ("auto", "fp32", "bf16")
+from fcnkit.inference.model import PRECISIONS, resolve_precision
 
 __all__ = ["PRECISIONS", "autocast_dtype", "native_bf16", "resolve_precision"]
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"fp32"`` or ``"bf16"``: ``"auto"`` becomes bf16 where :func:`native_bf16`, else fp32."""
-    if precision not in PRECISIONS:
-        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}; pass "
-                         f"--precision auto (bf16 where the hardware has it), fp32 or bf16.")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    warn_if_emulated(precision, device, stacklevel=3)
-    return precision
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The dtype to autocast the forward pass to on ``device`` (None: plain fp32)."""
-    return torch.bfloat16 if resolve_precision(precision, device) == "bf16" else None
+    """The dtype to autocast the forward pass to on ``device`` (None: plain fp32); warns where an explicit bf16 will
+    be emulated."""
+    resolved = resolve_precision(precision, device)
+    warn_if_emulated(resolved, device, stacklevel=2)
+    return torch.bfloat16 if resolved == "bf16" else None
