@@ -24,11 +24,14 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine
 from fcnkit.cli.train import parse_class_weights
 from fcnkit.data.scenes import DigitScenes
 from fcnkit.reporting.curves import read_metrics
@@ -191,8 +194,8 @@ def main() -> None:
               f"{_pct(r['mean_accuracy'])} | {_pct(r['mean_iu'])} | {_pct(r['fw_iu'])} | {r['images_per_s']:.1f} | "
               f"{r['load_before']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"budget": {**budget, "val_size": 256,
-                                               "threads": torch.get_num_threads()},
+    args.out.write_text(json.dumps({"machine": machine(), "budget": {**budget, "val_size": 256,
+                                                                     "threads": torch.get_num_threads()},
                                     "classifier": classifier, "results": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

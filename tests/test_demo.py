@@ -22,7 +22,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     # The story in order: classifier and heat maps, transfer, FCN-8s vs U-Net, tiling; then the summary.
     stages = [printed.index(f"[{i}/5]") for i in range(1, 6)]
     assert stages == sorted(stages)
-    assert re.search(r"heat maps peak within 4 px of \d+/\d+ held-out digit centres \(\d+%\)", printed)
+    assert re.search(r"heat maps peak within 4 px of \d+/\d+ held-out digit centres \(\d+\.\d\d%\)", printed)
     assert re.search(r"from scratch at the same small budget: FCN-8s mean IU \d\.\d{3}, U-Net mean IU", printed)
     for label in ("pixel accuracy", "mean accuracy", "mean IU", "frequency-weighted IU"):
         assert re.search(rf"{label} \d\.\d{{3}}", printed), label

@@ -41,6 +41,11 @@ METRIC_LABELS = {"pixel_accuracy": "pixel accuracy", "mean_accuracy": "mean accu
                  "fw_iu": "frequency-weighted IU"}
 
 
+def _percent(fraction: float | None) -> str:
+    """A share as a percentage to 0.01, so that 395 of 439 (89.977%) never reads as 90%."""
+    return f"{100 * (fraction or 0):.2f}%"
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """The demo's budget. ``FULL`` is ``fcnkit demo``; ``QUICK`` (``--quick``) is for tests and a first look."""
@@ -107,7 +112,7 @@ class DemoResult:
         how = "extrapolated from a crop" if self.sliding_extrapolated else "measured on the whole scene"
         loc = self.localization
         lines = [f"digit_classifier: window accuracy {self.window_accuracy:.3f}; heat maps peak within 4 px of "
-                 f"{loc['hits']}/{loc['centres']} held-out digit centres ({100 * (loc['fraction'] or 0):.0f}%)",
+                 f"{loc['hits']}/{loc['centres']} held-out digit centres ({_percent(loc['fraction'])})",
                  "FCN-8s on the classifier (transfer) on held-out scenes: " + ", ".join(
                      f"{label} {m[k]:.3f}" for k, label in METRIC_LABELS.items()),
                  "from scratch at the same small budget: " + ", ".join(
@@ -286,14 +291,14 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
         coarse = heatmap_localization(fcn, scenes)  # the one pass: a window every `stride` px
         loc = heatmap_localization(fcn, scenes, step=1)  # shift-and-stitch: every window, stride^2 passes
     log(f"      heat maps peak within 4 px of {loc['hits']} of {loc['centres']} held-out digit centres "
-        f"({100 * (loc['fraction'] or 0):.1f}%) scoring every window (shift-and-stitch, {stride[0] ** 2} passes); "
-        f"{100 * (coarse['fraction'] or 0):.1f}% on the one pass's {stride[0]}-px grid; {loc['border']} more lie "
+        f"({_percent(loc['fraction'])}) scoring every window (shift-and-stitch, {stride[0] ** 2} passes); "
+        f"{_percent(coarse['fraction'])} on the one pass's {stride[0]}-px grid; {loc['border']} more lie "
         f"too near the edge of the {s.loc_count} {s.loc_size}x{s.loc_size} scenes for a whole window")
     report.add_key_values("Heat maps: one pass vs sliding the window", {
         "held-out digit centres where the right digit's map peaks within 4 px (every window, shift-and-stitch)":
-            f"{loc['hits']}/{loc['centres']} ({100 * (loc['fraction'] or 0):.1f}%)",
+            f"{loc['hits']}/{loc['centres']} ({_percent(loc['fraction'])})",
         f"the same on the one pass's {stride[0]}-px grid":
-            f"{coarse['hits']}/{coarse['centres']} ({100 * (coarse['fraction'] or 0):.1f}%)",
+            f"{coarse['hits']}/{coarse['centres']} ({_percent(coarse['fraction'])})",
         "digit centres too near the scene's edge for a whole window (not counted)": loc["border"],
         "scene": f"{s.heat_size}×{s.heat_size}", "windows": all_windows, "one FCN pass (s)": round(fcn_seconds, 3),
         "sliding-window loop (s)": round(sliding_seconds, 2), "how the loop was timed": how,
@@ -362,7 +367,7 @@ def run_demo(out_dir: str | Path = "demo-output", *, quick: bool = False,
            for k, label in METRIC_LABELS.items()},
         **{f"{name} from scratch, mean IU": round(float(v["mean_iu"]), 4) for name, v in result.compare.items()},
         "digit_classifier window accuracy": round(result.window_accuracy, 4),
-        "heat maps peaking within 4 px of held-out digit centres": f"{100 * (result.localization['fraction'] or 0):.1f}%",
+        "heat maps peaking within 4 px of held-out digit centres": _percent(result.localization['fraction']),
         "heat maps: one FCN pass vs sliding the window": f"{result.speedup:.0f}× faster"
                                                          + (" (loop extrapolated from a crop)"
                                                             if result.sliding_extrapolated else ""),
