@@ -78,6 +78,8 @@ def test_num_classes_is_required(tmp_path):
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match=r"folder root .*nope is not a folder"):
         FolderDataset(tmp_path / "nope", num_classes=2)
+    with pytest.raises(DataError, match=r"folder root .*nope is not a folder"):  # the path first, then the classes
+        FolderDataset(tmp_path / "nope")
     (tmp_path / "images").mkdir()
     with pytest.raises(DataError, match=r"masks does not exist; folder:ROOT expects ROOT/images and ROOT/masks"):
         FolderDataset(tmp_path, num_classes=2)

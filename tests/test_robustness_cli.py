@@ -157,7 +157,9 @@ CASES = [
     ("tile-negative", "predict --checkpoint {ws}/seg.pt {ws}/good.png --out {out}/o.png --tile -64",
      ["--tile: expected a positive number, found -64"]),
     ("memory-limit-garbage", "predict --checkpoint {ws}/seg.pt {ws}/good.png --out {out}/o.png --memory-limit lots",
-     ["memory_limit='lots' is not a memory size", "'4GB'"]),
+     ["--memory-limit='lots' is not a memory size", "'4GB'"]),
+    ("heatmap-memory-limit-garbage", "heatmap --checkpoint {ws}/seg.pt {ws}/good.png --out {out}/h.png --class 1 "
+     "--memory-limit 12XB", ["--memory-limit='12XB' is not a memory size", "'4GB'"]),
     ("eval-count-zero", "eval --checkpoint {ws}/seg.pt --data scenes --count 0",
      ["--count: expected a positive number of images, found 0"]),
     ("size-zero", "inspect unet --size 0 16", ["--size: expected a positive height and width, found 0 16"]),

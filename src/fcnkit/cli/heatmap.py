@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if args.tile is not None and args.tile <= 0:
         raise InputError(f"--tile: expected a positive number, found {args.tile}; leave it out to choose it from "
                          f"memory.")
+    if args.memory_limit is not None:  # checked before the model loads, under the flag's own name
+        from fcnkit.inference.plan import parse_memory
+
+        parse_memory(args.memory_limit, name="--memory-limit")
     check_target(args.out, overwrite=args.overwrite)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint)

@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
             flag = "--" + name.replace("_", "-")
             raise InputError(f"{flag}: expected a positive number, found {value}; leave it out to choose it from "
                              f"memory.")
+    if args.memory_limit is not None:  # checked before anything loads, under the flag's own name
+        from fcnkit.inference.plan import parse_memory
+
+        parse_memory(args.memory_limit, name="--memory-limit")
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite contradict each other; pass one of them.")
     if args.device is None:

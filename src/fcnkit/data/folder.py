@@ -68,17 +68,17 @@ class FolderDataset:
 
     def __init__(self, root: str | os.PathLike, split: str = "train", *, num_classes: int | None = None) -> None:
         self.split = check_split(split)
+        self.root = Path(root)
+        if not self.root.is_dir():  # first: a mistyped path is what to fix before anything else
+            raise DataError(
+                f"folder root {self.root} is not a folder; expected folder:ROOT with ROOT/images and ROOT/masks."
+            )
         if num_classes is None or int(num_classes) < 1 or int(num_classes) > 255:
             raise DataError(
                 f"folder:{root} needs the number of classes (1-255), got {num_classes!r}; pass --num-classes K "
                 f"(num_classes=K), K = the largest class index in the masks + 1."
             )
         self.num_classes = int(num_classes)
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(
-                f"folder root {self.root} is not a folder; expected folder:ROOT with ROOT/images and ROOT/masks."
-            )
         own_splits = (self.root / "train").is_dir() and (self.root / "val").is_dir()
         split_root = self.root / split if own_splits else self.root
         image_dir, mask_dir = split_root / "images", split_root / "masks"
