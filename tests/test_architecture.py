@@ -19,7 +19,7 @@ MAX_LINES = 400
 # Each package (or top-level module) of fcnkit, and the layer it sits in. A module may import modules of its own
 # package and of any package in a lower layer; never upwards, never sideways within a layer.
 LAYERS: list[set[str]] = [
-    {"errors", "signals", "hardware"},
+    {"errors", "signals", "hardware", "progress"},
     {"io"},
     {"layers", "metrics", "losses", "data"},
     {"geometry"},

@@ -31,6 +31,7 @@ from fcnkit.inference.model import prepare
 from fcnkit.inference.plan import Tile
 from fcnkit.inference.runner import forward_batch, read_batch
 from fcnkit.inference.tiled import TilePlan, check_plan, plan_prediction
+from fcnkit.progress import Progress
 from fcnkit.signals import safe_point
 
 TILES_PER_THREAD = 2  # on a cluster, at least this many tiles per worker thread when the image allows
@@ -198,19 +199,19 @@ def predict_into(result, out, *, client=None, progress: bool = False) -> None:
     done = set(getattr(out, "done", set()))
     offsets = [np.cumsum((0, *c)) for c in result.chunks[:2]]
     todo = [(ids[n], ij) for n, ij in enumerate(blocks) if ids[n] not in done]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="tile", desc="fcnkit predict")
+    bar = Progress("fcnkit predict", total=len(blocks), initial=len(blocks) - len(todo), unit="tile") \
+        if progress else None
+    finished = len(blocks) - len(todo)
 
     def write(tile_id: int, ij: tuple[int, int], value: np.ndarray) -> None:
+        nonlocal finished
         (i, j) = ij
         out[offsets[0][i] : offsets[0][i + 1], offsets[1][j] : offsets[1][j + 1]] = value
         if hasattr(out, "mark_done"):
             out.mark_done(tile_id)
+        finished += 1
         if bar is not None:
-            bar.update(1)
+            bar.update(finished)
         safe_point()  # after SIGINT/SIGTERM: stop once this block is written and journaled
 
     if client is None:

@@ -22,6 +22,7 @@ import torch
 from fcnkit.inference.kinds import label_torch_dtype
 from fcnkit.inference.plan import Tile
 from fcnkit.errors import InputError, ModelError
+from fcnkit.progress import Progress
 from fcnkit.signals import safe_point
 
 _DONE = object()  # end-of-stream marker on both queues
@@ -182,7 +183,8 @@ def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[T
                 out.mark_done(tile.id)  # only after its data is written: a kill before this redoes the tile
 
     reader, writer = _Worker(read, "fcnkit-read"), _Worker(write, "fcnkit-write")
-    bar = _progress_bar(len(tiles) + skipped, skipped) if progress else None
+    bar = Progress("fcnkit predict", total=len(tiles) + skipped, initial=skipped, unit="tile") if progress else None
+    done = skipped
     started, pixels = time.perf_counter(), 0
     with _FreedMemory(batches=len(batches)) as heap:
         reader.start()
@@ -200,9 +202,9 @@ def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[T
                     pixels += values.shape[0] * values.shape[1] * stride * stride
                 del x, item
                 heap.after_batch()
+                done += len(batch)
                 if bar is not None:
-                    bar.update(len(batch))
-                    bar.set_postfix_str(f"{pixels / 1e6 / (time.perf_counter() - started):.3g} MP/s", refresh=False)
+                    bar.update(done, **{"MP/s": f"{pixels / 1e6 / (time.perf_counter() - started):.3g}"})
             outbox.put(_DONE)
             writer.join()
             if writer.error is not None:
@@ -305,9 +307,3 @@ def _get(inbox: queue.Queue, reader: _Worker) -> Any:
                 if reader.error is not None:
                     raise reader.error
                 return inbox.get_nowait() if not inbox.empty() else _DONE
-
-
-def _progress_bar(total: int, initial: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="tile", desc="fcnkit predict", dynamic_ncols=True)

@@ -37,7 +37,7 @@ from fcnkit.io.lock import WriterLock
 from fcnkit.losses import pixel_cross_entropy
 from fcnkit.training.config import TrainConfig, check_config, progress_mode
 from fcnkit.training.precision import autocast_dtype
-from fcnkit.training.progress import Progress
+from fcnkit.progress import Progress
 from fcnkit.training.setup import (Batches, add_windows, build_optimizer, class_weights, init_from_checkpoint,
                                    open_data, resume_model_options, transfer_model)
 from fcnkit.signals import Interrupted, on_interrupt, requested_signal, stop_requested
@@ -318,8 +318,8 @@ class _Run:
             losses[self.step] = value
             self.window = [self.window[0] + value, self.window[1] + 1]
             self.elapsed += time.perf_counter() - started
-            self.progress.update(self.step, loss=value,
-                                 img_s=f"{cfg.batch_size / (time.perf_counter() - started):.1f}")
+            self.progress.update(self.step, loss=f"{value:.4f}",
+                                 **{"images/s": f"{cfg.batch_size / (time.perf_counter() - started):.1f}"})
             if self.step == self.steps or (self.eval_every and self.step % self.eval_every == 0):
                 metrics = self._evaluate_and_log()
             if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:

@@ -1,4 +1,5 @@
-"""What a run prints: lines (not a redrawn bar) when redirected, validation scores, nothing when quiet."""
+"""What a long run prints: lines (not a redrawn bar) when redirected, validation scores, nothing when quiet; for
+training steps and for predicted tiles."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import io
 import pytest
 
 from fcnkit.training.loop import TrainConfig, train
-from fcnkit.training.progress import Progress, format_duration
+from fcnkit.progress import Progress, format_duration
 
 
 def test_lines_mode_prints_step_rate_eta_loss_and_validation():
     stream = io.StringIO()  # not a terminal: "auto" means lines
     p = Progress("train unet", total=10, mode="auto", interval=0.0, stream=stream)
     assert p.bar is None and p.mode == "lines"
-    p.update(5, loss=0.5)
+    p.update(5, loss="0.5000")
     p.evaluation(5, {"mean_iu": 0.25, "pixel_accuracy": 0.9})
     p.evaluation(10, {"mean_iu": 0.5, "pixel_accuracy": 0.75}, accuracy="window accuracy")
     lines = stream.getvalue().splitlines()
@@ -29,7 +30,7 @@ def test_lines_are_throttled_but_the_last_step_is_always_shown():
     stream = io.StringIO()
     p = Progress("t", total=100, mode="lines", interval=3600.0, stream=stream)
     for step in range(1, 101):
-        p.update(step, loss=1.0)
+        p.update(step, loss="1.0")
     assert [ln.split(",")[0] for ln in stream.getvalue().splitlines()] == ["t: step 100/100 (100%)"]
 
 
@@ -37,7 +38,7 @@ def test_off_keeps_validation_and_quiet_prints_nothing():
     off, quiet = io.StringIO(), io.StringIO()
     for stream, kwargs in ((off, {"mode": "off"}), (quiet, {"quiet": True})):
         p = Progress("t", total=4, interval=0.0, stream=stream, **kwargs)
-        p.update(4, loss=1.0)
+        p.update(4, loss="1.0")
         p.evaluation(4, {"mean_iu": 0.1, "pixel_accuracy": 0.2})
     assert off.getvalue() == "t: step 4/4 validation: mean IU 0.100, pixel accuracy 0.200\n"
     assert quiet.getvalue() == ""
@@ -64,3 +65,28 @@ def test_quiet_run_prints_nothing(tmp_path, capsys):
                       eval_every=1, val_size=40, val_count=1, out=str(tmp_path), quiet=True))
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_fields_follow_the_rate_and_a_tile_run_counts_tiles():
+    stream = io.StringIO()
+    p = Progress("fcnkit predict", total=8, initial=2, unit="tile", mode="lines", interval=0.0, stream=stream)
+    p.update(4, **{"MP/s": "1.5"})
+    p.update(8, **{"MP/s": "1.6"})
+    first, last = stream.getvalue().splitlines()
+    assert first.startswith("fcnkit predict: tile 4/8 (50%), ") and " tile/s, ETA " in first
+    assert first.endswith(", MP/s 1.5") and last.startswith("fcnkit predict: tile 8/8 (100%), ")
+
+
+def test_a_redirected_prediction_prints_lines_not_redraws(capsys):
+    import numpy as np
+
+    import fcnkit
+
+    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125).eval()
+    image = np.random.default_rng(0).integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    fcnkit.predict_tiled(model, image, tile=32, progress=True)
+    err = capsys.readouterr().err  # pytest's capture is not a terminal
+    assert "\r" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("fcnkit predict: ")]
+    assert lines and lines[-1].startswith("fcnkit predict: tile ") and " (100%), " in lines[-1], err
+    assert "MP/s " in lines[-1]
