@@ -159,3 +159,22 @@ def test_scenes_are_kept_once_rendered_for_the_whole_process_up_to_a_byte_budget
     uncached = DigitScenes("train", size=64, count=3, seed=3)
     np.testing.assert_array_equal(uncached[1][0], make_scene(64, split="train", seed=3, index=1)[0])
     assert uncached.render_all() == 0 and ("train", (64, 64), 3, 1) not in scenes_module._RENDERED
+
+
+def test_digits_of_a_scene_are_its_placed_digits_one_centre_each():
+    from scipy import ndimage
+
+    scenes = DigitScenes("val", size=256, count=3, seed=0)
+    pieces = 0
+    for index in range(3):
+        image, label = scenes[index]
+        digits = scenes.digits(index)
+        assert digits.shape[1] == 3 and len(digits) > 20
+        assert (scenes.digits(index - 3) == digits).all()  # negative indices, as for the scenes themselves
+        for cy, cx, cls in digits:  # the centre of a digit's ink lies within its class's pixels' reach
+            near = label[max(0, int(cy) - 16):int(cy) + 17, max(0, int(cx) - 16):int(cx) + 17]
+            assert (near == cls).any()
+        # every fully inked pixel belongs to one listed digit's class; a stroke broken in the label is still one digit
+        assert set(np.unique(label)) - {0, 255} <= set(digits[:, 2].astype(int))
+        pieces += sum(ndimage.label(label == cls)[1] for cls in range(1, 11))
+    assert pieces > sum(len(scenes.digits(i)) for i in range(3))  # the label alone would count more "digits"

@@ -115,3 +115,23 @@ def test_heatmap_localization_counts_peaks_near_centres_and_skips_digits_no_wind
     logits[3, 6, 6] = 40.0
     assert heatmap_localization(_FixedMaps(logits), scenes)["hits"] == 2
     assert heatmap_localization(_FixedMaps(logits), scenes, radius=1.0)["border"] == 2  # digit 1: 1.41 px > radius
+
+
+class _KnownDigits(list):
+    """Scenes that know their digits, as DigitScenes does: one digit, its stroke broken in two in the label."""
+
+    def digits(self, index: int) -> np.ndarray:
+        return np.array([[14.5, 18.5, 1.0]])
+
+
+def test_heatmap_localization_uses_the_known_digits_rather_than_pieces_of_the_label():
+    label = np.zeros((40, 40), dtype=np.uint8)
+    label[10:20, 10:16] = 1  # the two halves of one digit centred at (14.5, 18.5)
+    label[10:20, 21:27] = 1
+    logits = torch.zeros(2, 8, 8)
+    logits[1, 2, 3] = 60.0  # the window centred at (13.5, 17.5): on the digit's centre
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    pieces = heatmap_localization(_FixedMaps(logits), [(image, label)], min_pixels=20)
+    assert (pieces["centres"], pieces["hits"]) == (2, 0)  # each half's centre is 5 px from the peak: two misses
+    known = heatmap_localization(_FixedMaps(logits), _KnownDigits([(image, label)]))
+    assert known == {"centres": 1, "hits": 1, "fraction": 1.0, "border": 0, "step": 4}

@@ -216,6 +216,16 @@ class DigitScenes:
             _rendered_bytes += image.nbytes + label.nbytes
         return image, label
 
+    def digits(self, index: int) -> np.ndarray:
+        """``(n, 3)`` float rows ``(cy, cx, class)``: every digit placed in scene ``index`` that has fully inked
+        pixels, its centre the centre of the bounding box of all of them, as the classifier's windows are centred.
+        A digit whose thin stroke breaks into pieces in the label is still one digit here."""
+        image, label = self[index]
+        index %= self.count
+        h, w = self.size
+        boxes = _place(_rng(self.seed, _SPLIT_CODE[self.split], index, h, w), h, w, _digits(self.split)[1])
+        return _ink_centres(label, boxes, _digits(self.split)[1])
+
     def render_all(self) -> int:
         """Render every scene now (as far as the cache's budget goes), so that later reads, from this or any other
         ``DigitScenes`` of the same split, size and seed, find them; returns how many are kept."""

@@ -153,52 +153,62 @@ def _log_odds(logits: torch.Tensor) -> torch.Tensor:
     return odds
 
 
+def _digit_regions(label: np.ndarray, num_classes: int, min_pixels: int) -> list[tuple[float, float, int]]:
+    """``(cy, cx, class)`` of every connected region of one digit class (1 .. K-1) of at least ``min_pixels`` pixels,
+    gaps of up to 2 px bridged (a stroke thinner than the fully-inked threshold breaks into pieces)."""
+    from scipy import ndimage
+
+    found = []
+    for cls in range(1, num_classes):
+        pixels = label == cls
+        regions, _ = ndimage.label(ndimage.binary_dilation(pixels, iterations=1))
+        regions[~pixels] = 0
+        for index, box in enumerate(ndimage.find_objects(regions), start=1):
+            if box is not None and (regions[box] == index).sum() >= min_pixels:
+                found.append(((box[0].start + box[0].stop - 1) / 2, (box[1].start + box[1].stop - 1) / 2, cls))
+    return found
+
+
 @torch.no_grad()
 def heatmap_localization(fcn: nn.Module, scenes: Sequence, *, radius: float = 4.0, search: float = 16.0,
                          min_pixels: int = 20, step: int | None = None) -> dict:
     """How well a convolutionalized digit classifier's heat maps find held-out digits, as one number.
 
-    For every digit in ``scenes`` (items ``(image (H, W, 3), label (H, W))``; a digit is a connected region of one
-    class of at least ``min_pixels`` pixels, gaps of up to 2 px bridged, its centre the centre of its bounding box),
-    look at the map of its own class within ``search`` px of that centre: a hit when the map's maximum there lies
-    within ``radius`` px of it. The map is the class's probability, compared as log-odds so that "certain" windows
-    are not ties. A window's score sits at the window's centre. A digit whose centre no window centre comes within
-    ``radius`` px of (it is too near the image's edge for a whole window centred on it) cannot be hit by any map: it
-    is counted in ``border`` and left out of ``centres``. ``step``: score windows every ``step`` px by shift-and-stitch
-    (:func:`fcnkit.convert.shift_and_stitch`, (stride / step)^2 passes); None: one pass, a window per stride.
+    For every digit in ``scenes`` (items ``(image (H, W, 3), label (H, W))``), look at the map of its own class within
+    ``search`` px of its centre: a hit when the map's maximum there lies within ``radius`` px of it. Where the digits
+    are known (built-in scenes, :meth:`~fcnkit.data.scenes.DigitScenes.digits`), a digit is one placed digit and its
+    centre the centre of its inked pixels, as the classifier's training windows are centred; elsewhere a digit is a
+    connected region of one class of at least ``min_pixels`` pixels (gaps of up to 2 px bridged), its centre the
+    centre of its bounding box, so a digit whose stroke breaks into pieces counts as several. The map is the class's
+    probability, compared as log-odds so that "certain" windows are not ties. A window's score sits at the window's
+    centre. A digit whose centre no window centre comes within ``radius`` px of (it is too near the image's edge for
+    a whole window centred on it) cannot be hit by any map: it is counted in ``border`` and left out of ``centres``.
+    ``step``: score windows every ``step`` px by shift-and-stitch (:func:`fcnkit.convert.shift_and_stitch`,
+    (stride / step)^2 passes); None: one pass, a window per stride.
     Returns ``{"centres", "hits", "fraction", "border", "step"}``.
     """
-    from scipy import ndimage
-
     from fcnkit.convert import shift_and_stitch
 
     window = fcn.window
     stride = fcn.stride if step is None else (step, step)
     hits = centres = border = 0
-    for image, label in scenes:
+    for index, (image, label) in enumerate(scenes):
         x = torch.as_tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1)[None]
         with torch.inference_mode():
             grid = fcn.eval()(x) if step is None else shift_and_stitch(fcn.eval(), x, step=step)
             probs = _log_odds(grid[0].double()).numpy()  # (K, H', W')
         ys = stride[0] * np.arange(probs.shape[1]) + (window[0] - 1) / 2  # window centres
         xs = stride[1] * np.arange(probs.shape[2]) + (window[1] - 1) / 2
-        label = np.asarray(label)
-        for cls in range(1, probs.shape[0]):
-            pixels = label == cls
-            # a stroke thinner than the fully-inked threshold breaks into pieces; bridge gaps of up to 2 px
-            regions, count = ndimage.label(ndimage.binary_dilation(pixels, iterations=1))
-            regions[~pixels] = 0
-            for index, box in enumerate(ndimage.find_objects(regions), start=1):
-                if box is None or (regions[box] == index).sum() < min_pixels:
-                    continue
-                cy, cx = (box[0].start + box[0].stop - 1) / 2, (box[1].start + box[1].stop - 1) / 2
-                if np.hypot(np.abs(ys - cy).min(), np.abs(xs - cx).min()) > radius:
-                    border += 1  # too near the edge for a whole window to be centred within radius of it
-                    continue
-                rows, cols = np.abs(ys - cy) <= max(search, radius), np.abs(xs - cx) <= max(search, radius)
-                near = probs[cls][np.ix_(rows, cols)]
-                i, j = np.unravel_index(int(near.argmax()), near.shape)
-                centres += 1
-                hits += bool(np.hypot(ys[rows][i] - cy, xs[cols][j] - cx) <= radius)
+        known = getattr(scenes, "digits", None)
+        digits = known(index) if callable(known) else _digit_regions(np.asarray(label), probs.shape[0], min_pixels)
+        for cy, cx, cls in digits:
+            if np.hypot(np.abs(ys - cy).min(), np.abs(xs - cx).min()) > radius:
+                border += 1  # too near the edge for a whole window to be centred within radius of it
+                continue
+            rows, cols = np.abs(ys - cy) <= max(search, radius), np.abs(xs - cx) <= max(search, radius)
+            near = probs[int(cls)][np.ix_(rows, cols)]
+            i, j = np.unravel_index(int(near.argmax()), near.shape)
+            centres += 1
+            hits += bool(np.hypot(ys[rows][i] - cy, xs[cols][j] - cx) <= radius)
     return {"centres": centres, "hits": hits, "fraction": hits / centres if centres else None, "border": border,
             "step": stride[0]}
