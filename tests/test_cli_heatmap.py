@@ -81,7 +81,7 @@ def test_colour_bar_scales_with_tall_pictures(tmp_path):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--tile", "0"], "--tile: expected a positive number, found 0"),
-    (["--memory-limit", "lots"], "memory_limit='lots' is not a memory size"),
+    (["--memory-limit", "lots"], "--memory-limit='lots' is not a memory size"),
 ])
 def test_tiling_flags_are_checked(classifier, tmp_path, capsys, argv, message):
     path, _ = classifier

@@ -112,7 +112,7 @@ def test_legend_strip_shows_each_colour_and_wraps():
     (["--tile", "0"], "--tile: expected a positive number, found 0"),
     (["--batch-size", "-1"], "--batch-size: expected a positive number, found -1"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
-    (["--memory-limit", "lots"], "memory_limit='lots' is not a memory size"),
+    (["--memory-limit", "lots"], "--memory-limit='lots' is not a memory size"),
 ])
 def test_user_errors_are_one_line(checkpoint, tmp_path, capsys, argv, message):
     _png(tmp_path / "a.png", 16, 16)
