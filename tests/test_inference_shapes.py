@@ -55,3 +55,65 @@ def test_a_valid_model_needs_its_receptive_field():
     net = NumpyCeilNet().eval()
     with pytest.raises(InputError, match=r"image is 7×40 but this valid-padding model needs at least 8×8 pixels"):
         output_size(prepare(net), fcnkit.analyze(net), 7, 40, 3)
+
+
+class PReLUCeilNet(nn.Module):
+    """MTCNN's P-Net in small: unpadded convolutions, a PReLU (negative values), then a ceil_mode pooling, whose
+    partial window on an odd side differs if the input is zero padded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3), nn.PReLU(6), nn.MaxPool2d(2, 2, ceil_mode=True),
+                                  nn.Conv2d(6, 8, 3), nn.PReLU(8), nn.MaxPool2d(2, 2, ceil_mode=True),
+                                  nn.Conv2d(8, 2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x - 128.0)
+
+
+class NeedsMultiple(nn.Module):
+    """A valid model that refuses sizes off its multiple: inference must pad it as before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % 2 or x.shape[-1] % 2:
+            raise RuntimeError("sides must be even")
+        return self.conv(F.max_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("h, w", [(61, 77), (60, 77), (97, 64)])
+def test_a_valid_model_that_runs_on_any_size_is_not_padded(h, w):
+    net = PReLUCeilNet().eval()
+    image = np.random.default_rng(h * w).integers(0, 256, (h, w, 3)).astype(np.uint8)
+    with torch.no_grad():
+        direct = net(torch.from_numpy(image).float().permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    whole = fcnkit.predict(net, image)
+    assert whole.shape == direct.shape
+    np.testing.assert_allclose(whole, direct, rtol=0, atol=1e-4)  # the partial windows at the edges included
+    for tile in (16, 24):
+        np.testing.assert_allclose(fcnkit.predict_tiled(net, image, tile=tile), whole, rtol=0, atol=1e-4)
+    # padded to the input multiple (4) as inference used to do it, the last row/column of windows differs
+    padded = np.zeros((-(-h // 4) * 4, -(-w // 4) * 4, 3), np.float32)
+    padded[:h, :w] = image
+    with torch.no_grad():
+        old = net(torch.from_numpy(padded).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    assert np.abs(old[:whole.shape[0], :whole.shape[1]] - whole).max() > 1e-3
+
+
+def test_which_models_inference_pads():
+    from fcnkit.inference.shapes import pads_edges
+
+    ceil = PReLUCeilNet().eval()
+    assert not pads_edges(prepare(ceil), fcnkit.analyze(ceil), 61, 77, 3)
+    assert not pads_edges(prepare(NumpyCeilNet().eval()), fcnkit.analyze(NumpyCeilNet().eval()), 41, 57, 3)
+    strict = NeedsMultiple().eval()
+    assert pads_edges(prepare(strict), fcnkit.analyze(strict), 41, 57, 3)
+    image = np.random.default_rng(0).integers(0, 256, (41, 57, 3)).astype(np.uint8)
+    np.testing.assert_allclose(fcnkit.predict_tiled(strict, image, tile=16), fcnkit.predict(strict, image),
+                               rtol=0, atol=1e-4)
+    unet = fcnkit.build_model("unet", num_classes=2, width=0.0625).eval()
+    assert pads_edges(prepare(unet), fcnkit.analyze(unet), 41, 57, 3)  # "same": padded as ever

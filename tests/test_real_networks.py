@@ -40,9 +40,9 @@ def test_pnet_tiled_equals_whole_on_real_photos_at_odd_sizes(mtcnn, photo, crop)
     with torch.no_grad():
         direct = net(_nchw(image))[0].permute(1, 2, 0).numpy()  # ceil_mode: one more row/column at odd sides
     assert whole.shape == tiled.shape == direct.shape
-    # predict zero-pads an odd side to the input multiple (2), so the last row/column's partial pool1 window also
-    # sees a zero where P-Net run on the crop sees nothing: only that edge differs from the direct run
-    np.testing.assert_allclose(whole[:-1, :-1], direct[:-1, :-1], rtol=0, atol=1e-5)
+    # P-Net runs on any size, so predict does not zero-pad an odd side to its input multiple (2): the last
+    # row/column's partial ceil_mode window sees what P-Net run on the crop sees (padding changed it by up to 0.43)
+    np.testing.assert_allclose(whole, direct, rtol=0, atol=1e-5)
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4)
     assert (tiled.argmax(2) == whole.argmax(2)).all()
 
@@ -62,14 +62,13 @@ def test_pnet_as_onnx_is_probed_to_its_traced_geometry_and_tiles_exactly(mtcnn, 
     onnx = load_model(tmp_path / "pnet.onnx")
     geometry = fcnkit.analyze(onnx)
     assert geometry.method == "probed" and geometry == fcnkit.analyze(net)
-    for cols in (118, 117):  # an odd side: P-Net's ceil_mode pooling adds a partial window, and so does predict
+    for cols in (118, 117):  # an odd side: P-Net's ceil_mode pooling adds a partial window
         image = skimage_data.astronaut()[:128, :cols]
         whole = fcnkit.predict(onnx, image)
         with torch.no_grad():
             direct = net(_nchw(image))[0].permute(1, 2, 0).numpy()
         assert whole.shape == direct.shape == (59, 54, 2)
-        edge = 1 if cols % 2 else 0  # the partial window sees predict's zero padding (see the test above)
-        np.testing.assert_allclose(whole[:, :54 - edge], direct[:, :54 - edge], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(whole, direct, rtol=0, atol=1e-4)  # the partial window too (see the test above)
         np.testing.assert_allclose(fcnkit.predict_tiled(onnx, image, tile=48), whole, rtol=0, atol=1e-4)
 
 

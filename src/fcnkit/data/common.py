@@ -1,4 +1,5 @@
-"""What every dataset shares: the split names, the VOC colour map, and reading and checking an image/mask pair.
+"""What every dataset shares: the split names, the VOC colour map, reading and checking an image/mask pair, and the
+base of the datasets backed by such pairs of files.
 
 Kept apart from the package ``__init__`` (which opens datasets by spec) so that each dataset module can use it
 without importing the package that imports it.
@@ -6,6 +7,7 @@ without importing the package that imports it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,3 +61,23 @@ def read_pair(image_path: Any, mask_path: Any, num_classes: int) -> tuple[np.nda
     label = read_image(mask_path, mode="label")
     check_pair(image, label, mask_path, num_classes)
     return image, label
+
+
+class FilePairs:
+    """A dataset of ``items``, (image file, mask file) pairs found when it is opened; ``dataset[i]`` reads pair ``i``
+    (:func:`read_pair`). The base of the VOC and folder datasets: each sets ``root``, ``split``, ``items``,
+    ``num_classes``, ``class_names`` and ``palette``."""
+
+    root: Path
+    split: str
+    items: list[tuple[Path, Path]]
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_pair(*self.items[index], self.num_classes)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"

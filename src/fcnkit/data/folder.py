@@ -17,9 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
-from fcnkit.data.common import check_split, read_pair, voc_palette
+from fcnkit.data.common import FilePairs, check_split, voc_palette
 from fcnkit.errors import DataError
 
 __all__ = ["FolderDataset", "HOLD_OUT_EVERY", "IMAGE_SUFFIXES", "held_out"]
@@ -61,7 +59,7 @@ def _names(stems: list[str]) -> str:
     return ", ".join(stems[:5]) + (f" and {len(stems) - 5} more" if len(stems) > 5 else "")
 
 
-class FolderDataset:
+class FolderDataset(FilePairs):
     """Pairs ``images/<stem>.*`` with ``masks/<stem>.*`` (see the module docstring for the layout and splits)."""
 
     mirror_safe = True  # assumed photos; PatchSampler(flips=False) or --no-mirror for data that is not
@@ -117,12 +115,3 @@ class FolderDataset:
         self.items = [(images[stem], masks[stem]) for stem in stems]
         self.class_names = [str(k) for k in range(self.num_classes)]
         self.palette = voc_palette(self.num_classes)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_pair(*self.items[index], self.num_classes)
-
-    def __repr__(self) -> str:
-        return f"FolderDataset(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"

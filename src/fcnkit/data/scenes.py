@@ -220,7 +220,7 @@ class DigitScenes:
         """``(n, 3)`` float rows ``(cy, cx, class)``: every digit placed in scene ``index`` that has fully inked
         pixels, its centre the centre of the bounding box of all of them, as the classifier's windows are centred.
         A digit whose thin stroke breaks into pieces in the label is still one digit here."""
-        image, label = self[index]
+        label = self[index][1]
         index %= self.count
         h, w = self.size
         boxes = _place(_rng(self.seed, _SPLIT_CODE[self.split], index, h, w), h, w, _digits(self.split)[1])

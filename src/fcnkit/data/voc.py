@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
-from fcnkit.data.common import check_split, read_pair, voc_palette
+from fcnkit.data.common import FilePairs, check_split, voc_palette
 from fcnkit.errors import DataError
 
 __all__ = ["VOC_CLASSES", "VOCSegmentation"]
@@ -53,7 +51,7 @@ def read_stems(list_file: Path) -> list[str]:
     return stems
 
 
-class VOCSegmentation:
+class VOCSegmentation(FilePairs):
     """The ``split`` images of a PASCAL VOC 2012 tree: ``(H, W, 3)`` uint8 photo, ``(H, W)`` uint8 label (0–20,
     255 = border, ignored). Every listed image and mask is checked to exist when the dataset is opened."""
 
@@ -83,12 +81,3 @@ class VOCSegmentation:
             )
         self.class_names = list(VOC_CLASSES)
         self.palette = voc_palette(self.num_classes)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_pair(*self.items[index], self.num_classes)
-
-    def __repr__(self) -> str:
-        return f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"

@@ -4,7 +4,10 @@ Exact tiling, per axis: output rows ``[a, b)`` read input rows ``[a·s − lo, b
 tile origins ``a·s`` multiples of D (= ``input_multiple``) and ``lo``/``hi`` multiples of D. A "same" network has
 ``lo = hi = halo``; a "valid" network sees ``[i·s, i·s + RF)`` for output ``i``, so ``lo = 0`` and
 ``hi = RF − s`` (rounded up to D). The window is then zero padded bottom/right to a multiple of D, exactly as the
-whole-image run pads the image, and row ``j`` of the tile's output is global output row ``read_start/s + j``.
+whole-image run pads the image, and row ``j`` of the tile's output is global output row ``read_start/s + j``. A
+"valid" network that runs on any size is not padded (``Margins.pad_edges`` False): only a window that the image's
+edge clips can have a side off the multiple, and it then sees what the network run on the image sees there (a
+``ceil_mode`` pooling's partial window at an odd side included), not zeros.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class Tile:
 
     ``out``: the output region it produces (output pixels); ``read``: the input window it reads (input pixels,
     clipped to the image); ``keep``: the part of the tile's own output that is ``out``; ``padded``: the tensor's
-    (H, W) after zero padding the window to a multiple of D. ``id`` is stable for a given layout (see ``tile_id``).
+    (H, W) after zero padding the window to a multiple of D (a window at the image's edge stays as it is for a
+    "valid" model that runs on any size). ``id`` is stable for a given layout (see ``tile_id``).
     """
 
     id: int
@@ -47,12 +51,14 @@ class Tile:
 
 @dataclass(frozen=True)
 class Margins:
-    """The tiling geometry reduced to what the planner needs (input pixels; ``lo``/``hi`` already multiples of D)."""
+    """The tiling geometry reduced to what the planner needs (input pixels; ``lo``/``hi`` already multiples of D).
+    ``pad_edges``: whether a window clipped by the image's edge is zero padded to a multiple of D."""
 
     multiple: int
     stride: int
     lo: int
     hi: int
+    pad_edges: bool = True
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -68,7 +74,8 @@ def _axis(n_in: int, n_out: int, t_out: int, m: Margins) -> list[tuple[tuple[int
         b = min(a + t_out, n_out)
         r0 = max(0, a * s - m.lo)
         r1 = min(n_in, b * s + m.hi)
-        spans.append(((a, b), (r0, r1), (a - r0 // s, b - r0 // s), round_up(r1 - r0, m.multiple)))
+        padded = round_up(r1 - r0, m.multiple) if m.pad_edges or r1 < n_in else r1 - r0
+        spans.append(((a, b), (r0, r1), (a - r0 // s, b - r0 // s), padded))
     return spans
 
 

@@ -68,9 +68,9 @@ def check_local(geometry: Any, allow_inexact: bool) -> None:
     warnings.warn(f"tiled output will differ from the whole-image run: {reason}.", stacklevel=4)
 
 
-def margins_for(geometry: Any, halo: int | None) -> Margins:
+def margins_for(geometry: Any, halo: int | None, *, pad_edges: bool = True) -> Margins:
     """``lo``/``hi`` context of the rule (see :mod:`~fcnkit.inference.plan`), multiples of D, and D itself (a
-    multiple of the output stride)."""
+    multiple of the output stride); ``pad_edges`` from :func:`pads_edges`."""
     s = int(geometry.output_stride)
     d = math.lcm(int(geometry.input_multiple), s)
     if geometry.padding == "valid":
@@ -85,7 +85,7 @@ def margins_for(geometry: Any, halo: int | None) -> Margins:
             warnings.warn(f"halo={halo} is smaller than the {max(lo, hi)} pixels this model needs; tiles will not "
                           f"equal the whole-image run.", stacklevel=4)
         lo = hi = int(halo)
-    return Margins(multiple=d, stride=s, lo=round_up(lo, d), hi=round_up(hi, d))
+    return Margins(multiple=d, stride=s, lo=round_up(lo, d), hi=round_up(hi, d), pad_edges=pad_edges)
 
 
 def tile_size(tile: int | tuple[int, int], multiple: int) -> tuple[int, int]:
@@ -123,6 +123,33 @@ def output_size(prepared: InferenceModel, geometry: Any, height: int, width: int
     if not isinstance(y, torch.Tensor) or y.ndim != 4:
         finish(y, "logits")  # raises the ModelError that explains it
     return int(y.shape[2]), int(y.shape[3])
+
+
+def pads_edges(prepared: InferenceModel, geometry: Any, height: int, width: int, channels: int) -> bool:
+    """Whether inference zero pads the H×W image (and the tiles its edge clips) bottom/right to the input multiple.
+
+    A "same" model is padded, as fcnkit's own models pad themselves. A "valid" model that runs on the image as it
+    is (a shape-only run; for a model without one, a real run on a small image of the same sizes modulo D) is not:
+    padding would show its last windows zeros where the model run on the image sees nothing, which changes a
+    ``ceil_mode`` pooling's partial window after a PReLU (MTCNN's P-Net: up to 0.43 in a logit)."""
+    if geometry.padding != "valid":
+        return True
+    try:
+        _fake_forward(prepared, (1, channels, height, width))
+        return False
+    except Exception:  # no shape-only run, or the size is refused: a small real run says which
+        pass
+    s = int(geometry.output_stride)
+    d = math.lcm(int(geometry.input_multiple), max(s, 1))
+    base = round_up(max(int(geometry.receptive_field), d), d) + d
+    small = [n if n < base + d else base + (n - base) % d for n in (height, width)]
+    try:
+        with torch.no_grad():
+            x = torch.zeros((1, channels, *small), device=prepared.device, dtype=prepared.dtype)
+            prepared.net(x.contiguous(memory_format=prepared.memory_format))
+        return False
+    except Exception:  # it needs the multiple: pad, as before
+        return True
 
 
 def _measured_size(prepared: InferenceModel, geometry: Any, height: int, width: int,

@@ -39,6 +39,7 @@ from fcnkit.inference.shapes import (
     margins_for,
     num_classes,
     output_size,
+    pads_edges,
     tile_size,
 )
 
@@ -55,7 +56,8 @@ def predict(model: Model, image: Any, *, output: str = "logits", device: str | t
     converted by the one pixel rule (:mod:`fcnkit.io.pixels`: grey -> RGB and alpha dropped when the model takes 3
     channels, 16-bit scaled to 0-255 for fcnkit models, other values as given; fcnkit models normalise themselves
     and take 0-255 values: a float image in [0, 1] gets a ``PixelRangeWarning``). A torch tensor is refused. The
-    image is zero padded bottom/right to the model's ``input_multiple`` and the output cropped back. Returns float32
+    image is zero padded bottom/right to the model's ``input_multiple`` and the output cropped back (not for a
+    "valid" model that runs on any size: it sees the image as it is, as it would run on it directly). Returns float32
     ``(H', W', K)`` for ``"logits"`` / ``"probs"``, or ``(H', W')`` uint8 labels (int32 above 255 classes);
     ``H' = ceil(H / output_stride)`` for a "same" model (the model's own output size when it runs unpadded).
     ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` (bf16 where the device computes it natively);
@@ -70,7 +72,7 @@ def predict(model: Model, image: Any, *, output: str = "logits", device: str | t
     height, width, channels = check_array_like(image)
     geometry = geometry_of(prepared, channels)
     out_h, out_w = output_size(prepared, geometry, height, width, channels)
-    d = geometry.input_multiple
+    d = geometry.input_multiple if pads_edges(prepared, geometry, height, width, channels) else 1
     data = np.zeros((1, round_up(height, d), round_up(width, d), channels), np.float32)
     data[0, :height, :width] = read_window(image, (0, height), (0, width))
     with torch.inference_mode():
@@ -187,7 +189,7 @@ def _plan(prepared: InferenceModel, image: Any, *, tile: Any, halo: int | None, 
     geometry = geometry_of(prepared, channels)
     check_local(geometry, allow_inexact)
     out_h, out_w = output_size(prepared, geometry, height, width, channels)
-    margins = margins_for(geometry, halo)
+    margins = margins_for(geometry, halo, pad_edges=pads_edges(prepared, geometry, height, width, channels))
     if batch_size is not None:
         check_positive("batch_size", batch_size)
     budget = parse_memory(memory_limit) if memory_limit is not None else None
@@ -235,7 +237,9 @@ def plan_tiles(shape: tuple[int, ...], geometry: Any, tile: int | tuple[int, int
     """The tiles that ``predict_tiled`` computes for an image of ``shape`` ``(H, W[, C])``, row-major.
 
     ``geometry`` is a ``fcnkit.Geometry``; ``tile`` in input pixels (rounded up to ``input_multiple``). The output
-    size is the geometry's (``ceil(H/s)`` for "same", ``(H − RF)//s + 1`` for "valid").
+    size is the geometry's (``ceil(H/s)`` for "same", ``(H − RF)//s + 1`` for "valid"), and edge tiles are padded
+    to the multiple: without the model this cannot tell a "valid" model that runs on any size, which
+    ``predict_tiled`` leaves unpadded.
     """
     margins = margins_for(geometry, halo)
     height, width = int(shape[0]), int(shape[1])
