@@ -139,17 +139,23 @@ def pads_edges(prepared: InferenceModel, geometry: Any, height: int, width: int,
         return False
     except Exception:  # no shape-only run, or the size is refused: a small real run says which
         pass
-    s = int(geometry.output_stride)
-    d = math.lcm(int(geometry.input_multiple), max(s, 1))
-    base = round_up(max(int(geometry.receptive_field), d), d) + d
-    small = [n if n < base + d else base + (n - base) % d for n in (height, width)]
     try:
-        with torch.no_grad():
-            x = torch.zeros((1, channels, *small), device=prepared.device, dtype=prepared.dtype)
-            prepared.net(x.contiguous(memory_format=prepared.memory_format))
+        _small_run(prepared, geometry, height, width, channels)
         return False
     except Exception:  # it needs the multiple: pad, as before
         return True
+
+
+def _small_run(prepared: InferenceModel, geometry: Any, height: int, width: int,
+               channels: int) -> tuple[Any, tuple[int, int], int]:
+    """Run the model on a small zero image of the same sizes as H×W modulo D (D a multiple of the output stride)
+    and just above the receptive field: ``(output, (h, w) of the small image, D)``. Raises what the model raises."""
+    d = math.lcm(int(geometry.input_multiple), max(int(geometry.output_stride), 1))
+    base = round_up(max(int(geometry.receptive_field), d), d) + d
+    small = tuple(n if n < base + d else base + (n - base) % d for n in (height, width))
+    with torch.no_grad():
+        x = torch.zeros((1, channels, *small), device=prepared.device, dtype=prepared.dtype)
+        return prepared.net(x.contiguous(memory_format=prepared.memory_format)), small, d
 
 
 def _measured_size(prepared: InferenceModel, geometry: Any, height: int, width: int,
@@ -159,15 +165,10 @@ def _measured_size(prepared: InferenceModel, geometry: Any, height: int, width: 
     (n − m)/D · D/s`` for m ≡ n (mod D) above the receptive field. This catches what the formula cannot know, e.g.
     the extra partial window of a ``ceil_mode`` pooling on an odd side. None if the model fails on it."""
     s = int(geometry.output_stride)
-    d = math.lcm(int(geometry.input_multiple), s)
-    if s < 1 or d < 1:  # nothing measured: no period to follow
+    if s < 1 or int(geometry.input_multiple) < 1:  # nothing measured: no period to follow
         return None
-    base = round_up(max(int(geometry.receptive_field), d), d) + d
-    small = [n if n < base + d else base + (n - base) % d for n in (height, width)]
     try:
-        with torch.no_grad():
-            x = torch.zeros((1, channels, *small), device=prepared.device, dtype=prepared.dtype)
-            y = prepared.net(x.contiguous(memory_format=prepared.memory_format))
+        y, small, d = _small_run(prepared, geometry, height, width, channels)
     except Exception:  # the padded run is what predict does anyway; its own error explains more
         return None
     if not isinstance(y, torch.Tensor) or y.ndim != 4:
