@@ -68,6 +68,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
+        if value.is_integer() and abs(value) < 1e15:  # a width of 1.0 or 516.0 s reads as 1 and 516, not 1.0000
+            return f"{int(value):,}"
+        if abs(value) < 1e-3:  # 1.5e-05 would print as 0.0000
+            return f"{value:.2e}"
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.1f}"
     if isinstance(value, (list, tuple)):
         return " × ".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else html.escape(str(value))
