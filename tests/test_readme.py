@@ -41,3 +41,31 @@ def test_the_api_tour_runs_and_its_comments_hold(capsys):
     assert names["wide"].input_size == (48, 48)
     result = names["scores"](names["cm"])
     assert {"pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu", "iu"} <= set(result)
+
+
+def _cli_tour() -> list[list[str]]:
+    """Every ``fcnkit ...`` command of the README's command-line tour, split as a shell would (comments dropped;
+    ``a && b`` gives both)."""
+    import shlex
+
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index("## A tour of the command line"):].split("```bash", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        while words:
+            cut = words.index("&&") if "&&" in words else len(words)
+            part, words = words[:cut], words[cut + 1:]
+            if "fcnkit" in part:  # `torchrun ... -m fcnkit train ...` too
+                commands.append(part[part.index("fcnkit") + 1:])
+    return commands
+
+
+def test_every_command_of_the_cli_tour_parses():
+    from fcnkit.cli import build_parser
+
+    commands = _cli_tour()
+    assert len(commands) >= 25 and {c[0] for c in commands} >= {"demo", "scene", "train", "predict", "export"}
+    parser = build_parser()
+    for argv in commands:
+        parser.parse_args(argv)  # an unknown flag or a bad choice exits with status 2 and fails here

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "memory: peak RSS stays below ~2 GiB; more gives larger tiles, less halo work)")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: what fits)")
     parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available, else cpu)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
                         help="fp32 (default, exact), bf16 (faster where the CPU/GPU has bf16 units; outputs stay "
                              "float32), auto (bf16 where native)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished tiles")
