@@ -309,9 +309,9 @@ def _heatmaps(out: Path, s: DemoSettings, report: Report, clock: _Clock, log: Ca
             "checkpoint": checkpoint}
 
 
-# measured: 167 s on 2 cores of a CPU with AMX (bf16), 1011 s on 2 cores of an AVX2-only AMD EPYC (fp32)
+# measured: 167-208 s on 2 cores of a CPU with AMX (bf16), 1011-1184 s on 2 cores of an AVX2-only AMD EPYC (fp32)
 SLOW_HARDWARE = ("fcnkit demo: this machine has no native bf16 (AMX or AVX512-BF16; or a GPU), so the demo trains in "
-                 "fp32: expect about 17 minutes on 2 cores (3 minutes where bf16 is native); "
+                 "fp32: expect 17-20 minutes on 2 cores (3-4 minutes where bf16 is native); "
                  "`fcnkit demo --quick` takes seconds.")
 
 
