@@ -11,7 +11,7 @@ from torch import nn
 import fcnkit
 from fcnkit.errors import InputError
 from fcnkit.inference.model import prepare
-from fcnkit.inference.shapes import formula_size, output_size
+from fcnkit.inference.shapes import formula_size, sizing
 
 
 class NumpyCeilNet(nn.Module):
@@ -39,7 +39,7 @@ def test_the_size_of_a_model_without_a_shape_only_run_is_its_own(h, w):
     geometry = fcnkit.analyze(net)
     assert geometry.padding == "valid" and geometry.method == "probed"
     with torch.no_grad():
-        got = output_size(prepare(net), geometry, h, w, 3)
+        got = sizing(prepare(net), geometry, h, w, 3).size
     assert got == _own(net, h, w)
     if h % 2 or w % 2:  # the formula alone misses the partial window
         assert formula_size(geometry, h, w) != got
@@ -54,7 +54,7 @@ def test_predict_returns_that_size():
 def test_a_valid_model_needs_its_receptive_field():
     net = NumpyCeilNet().eval()
     with pytest.raises(InputError, match=r"image is 7×40 but this valid-padding model needs at least 8×8 pixels"):
-        output_size(prepare(net), fcnkit.analyze(net), 7, 40, 3)
+        sizing(prepare(net), fcnkit.analyze(net), 7, 40, 3)
 
 
 class PReLUCeilNet(nn.Module):
@@ -105,15 +105,13 @@ def test_a_valid_model_that_runs_on_any_size_is_not_padded(h, w):
 
 
 def test_which_models_inference_pads():
-    from fcnkit.inference.shapes import pads_edges
-
     ceil = PReLUCeilNet().eval()
-    assert not pads_edges(prepare(ceil), fcnkit.analyze(ceil), 61, 77, 3)
-    assert not pads_edges(prepare(NumpyCeilNet().eval()), fcnkit.analyze(NumpyCeilNet().eval()), 41, 57, 3)
+    assert not sizing(prepare(ceil), fcnkit.analyze(ceil), 61, 77, 3).pad_edges
+    assert not sizing(prepare(NumpyCeilNet().eval()), fcnkit.analyze(NumpyCeilNet().eval()), 41, 57, 3).pad_edges
     strict = NeedsMultiple().eval()
-    assert pads_edges(prepare(strict), fcnkit.analyze(strict), 41, 57, 3)
+    assert sizing(prepare(strict), fcnkit.analyze(strict), 41, 57, 3).pad_edges
     image = np.random.default_rng(0).integers(0, 256, (41, 57, 3)).astype(np.uint8)
     np.testing.assert_allclose(fcnkit.predict_tiled(strict, image, tile=16), fcnkit.predict(strict, image),
                                rtol=0, atol=1e-4)
     unet = fcnkit.build_model("unet", num_classes=2, width=0.0625).eval()
-    assert pads_edges(prepare(unet), fcnkit.analyze(unet), 41, 57, 3)  # "same": padded as ever
+    assert sizing(prepare(unet), fcnkit.analyze(unet), 41, 57, 3).pad_edges  # "same": padded as ever

@@ -14,7 +14,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ def check_local(geometry: Any, allow_inexact: bool) -> None:
 
 def margins_for(geometry: Any, halo: int | None, *, pad_edges: bool = True) -> Margins:
     """``lo``/``hi`` context of the rule (see :mod:`~fcnkit.inference.plan`), multiples of D, and D itself (a
-    multiple of the output stride); ``pad_edges`` from :func:`pads_edges`."""
+    multiple of the output stride); ``pad_edges`` from :func:`sizing`."""
     s = int(geometry.output_stride)
     d = math.lcm(int(geometry.input_multiple), s)
     if geometry.padding == "valid":
@@ -110,52 +110,34 @@ def formula_size(geometry: Any, height: int, width: int) -> tuple[int, int]:
     return -(-height // s), -(-width // s)
 
 
-def output_size(prepared: InferenceModel, geometry: Any, height: int, width: int, channels: int) -> tuple[int, int]:
-    """The model's own output size on the unpadded image, found by a shape-only (fake tensor) run.
+class Sizing(NamedTuple):
+    """What one image size means for a model: its own output size on the unpadded image, and whether inference
+    zero pads the image (and the tiles its edge clips) bottom/right to the input multiple."""
 
-    A model that cannot run unpadded (a foreign one that does not pad itself) gets the geometry's formula.
-    """
-    formula = formula_size(geometry, height, width)
-    try:
-        y = _fake_forward(prepared, (1, channels, height, width))
-    except Exception:  # no shape-only run (an ONNX model): one small real run and the period of the size
-        return _measured_size(prepared, geometry, height, width, channels) or formula
-    if not isinstance(y, torch.Tensor) or y.ndim != 4:
-        finish(y, "logits")  # raises the ModelError that explains it
-    return int(y.shape[2]), int(y.shape[3])
+    size: tuple[int, int]
+    pad_edges: bool
 
 
-def pads_edges(prepared: InferenceModel, geometry: Any, height: int, width: int, channels: int) -> bool:
-    """Whether inference zero pads the H×W image (and the tiles its edge clips) bottom/right to the input multiple.
+def sizing(prepared: InferenceModel, geometry: Any, height: int, width: int, channels: int) -> Sizing:
+    """The :class:`Sizing` of an H×W image, from one shape-only (fake tensor) run at that size; a model without one
+    (an ONNX model) gets one small real run at the same sizes modulo D, and one that fails that too gets the
+    geometry's formula.
 
     A "same" model is padded, as fcnkit's own models pad themselves. A "valid" model that runs on the image as it
-    is (a shape-only run; for a model without one, a real run on a small image of the same sizes modulo D) is not:
-    padding would show its last windows zeros where the model run on the image sees nothing, which changes a
-    ``ceil_mode`` pooling's partial window after a PReLU (MTCNN's P-Net: up to 0.43 in a logit)."""
-    if geometry.padding != "valid":
-        return True
+    is (either run succeeds) is not: padding would show its last windows zeros where the model run on the image sees
+    nothing, which changes a ``ceil_mode`` pooling's partial window after a PReLU (MTCNN's P-Net: up to 0.43 in a
+    logit). A valid model that needs its multiple is padded, as before.
+    """
+    formula = formula_size(geometry, height, width)
+    valid = geometry.padding == "valid"
     try:
-        _fake_forward(prepared, (1, channels, height, width))
-        return False
-    except Exception:  # no shape-only run, or the size is refused: a small real run says which
-        pass
-    try:
-        _small_run(prepared, geometry, height, width, channels)
-        return False
-    except Exception:  # it needs the multiple: pad, as before
-        return True
-
-
-def _small_run(prepared: InferenceModel, geometry: Any, height: int, width: int,
-               channels: int) -> tuple[Any, tuple[int, int], int]:
-    """Run the model on a small zero image of the same sizes as H×W modulo D (D a multiple of the output stride)
-    and just above the receptive field: ``(output, (h, w) of the small image, D)``. Raises what the model raises."""
-    d = math.lcm(int(geometry.input_multiple), max(int(geometry.output_stride), 1))
-    base = round_up(max(int(geometry.receptive_field), d), d) + d
-    small = tuple(n if n < base + d else base + (n - base) % d for n in (height, width))
-    with torch.no_grad():
-        x = torch.zeros((1, channels, *small), device=prepared.device, dtype=prepared.dtype)
-        return prepared.net(x.contiguous(memory_format=prepared.memory_format)), small, d
+        y = _fake_forward(prepared, (1, channels, height, width))
+    except Exception:  # no shape-only run (an ONNX model), or the size is refused: one small real run says which
+        measured = _measured_size(prepared, geometry, height, width, channels)
+        return Sizing(measured or formula, pad_edges=not (valid and measured is not None))
+    if not isinstance(y, torch.Tensor) or y.ndim != 4:
+        finish(y, "logits")  # raises the ModelError that explains it
+    return Sizing((int(y.shape[2]), int(y.shape[3])), pad_edges=not valid)
 
 
 def _measured_size(prepared: InferenceModel, geometry: Any, height: int, width: int,
@@ -165,10 +147,15 @@ def _measured_size(prepared: InferenceModel, geometry: Any, height: int, width: 
     (n − m)/D · D/s`` for m ≡ n (mod D) above the receptive field. This catches what the formula cannot know, e.g.
     the extra partial window of a ``ceil_mode`` pooling on an odd side. None if the model fails on it."""
     s = int(geometry.output_stride)
-    if s < 1 or int(geometry.input_multiple) < 1:  # nothing measured: no period to follow
+    d = math.lcm(int(geometry.input_multiple), s)
+    if s < 1 or d < 1:  # nothing measured: no period to follow
         return None
+    base = round_up(max(int(geometry.receptive_field), d), d) + d
+    small = [n if n < base + d else base + (n - base) % d for n in (height, width)]
     try:
-        y, small, d = _small_run(prepared, geometry, height, width, channels)
+        with torch.no_grad():
+            x = torch.zeros((1, channels, *small), device=prepared.device, dtype=prepared.dtype)
+            y = prepared.net(x.contiguous(memory_format=prepared.memory_format))
     except Exception:  # the padded run is what predict does anyway; its own error explains more
         return None
     if not isinstance(y, torch.Tensor) or y.ndim != 4:

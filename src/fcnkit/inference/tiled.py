@@ -38,8 +38,7 @@ from fcnkit.inference.shapes import (
     geometry_of,
     margins_for,
     num_classes,
-    output_size,
-    pads_edges,
+    sizing,
     tile_size,
 )
 
@@ -71,8 +70,8 @@ def predict(model: Model, image: Any, *, output: str = "logits", device: str | t
     image = model_input(prepared.source, image)
     height, width, channels = check_array_like(image)
     geometry = geometry_of(prepared, channels)
-    out_h, out_w = output_size(prepared, geometry, height, width, channels)
-    d = geometry.input_multiple if pads_edges(prepared, geometry, height, width, channels) else 1
+    (out_h, out_w), pad_edges = sizing(prepared, geometry, height, width, channels)
+    d = geometry.input_multiple if pad_edges else 1
     data = np.zeros((1, round_up(height, d), round_up(width, d), channels), np.float32)
     data[0, :height, :width] = read_window(image, (0, height), (0, width))
     with torch.inference_mode():
@@ -188,8 +187,8 @@ def _plan(prepared: InferenceModel, image: Any, *, tile: Any, halo: int | None, 
     height, width, channels = check_array_like(image)
     geometry = geometry_of(prepared, channels)
     check_local(geometry, allow_inexact)
-    out_h, out_w = output_size(prepared, geometry, height, width, channels)
-    margins = margins_for(geometry, halo, pad_edges=pads_edges(prepared, geometry, height, width, channels))
+    (out_h, out_w), pad_edges = sizing(prepared, geometry, height, width, channels)
+    margins = margins_for(geometry, halo, pad_edges=pad_edges)
     if batch_size is not None:
         check_positive("batch_size", batch_size)
     budget = parse_memory(memory_limit) if memory_limit is not None else None
