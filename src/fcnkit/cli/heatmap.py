@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     tile); only the (K, H', W') probability grid and the picture are whole."""
     import torch
 
+    from fcnkit.cli.predict import check_tiling_flags
     from fcnkit.convert import convolutionalize
     from fcnkit.errors import InputError
     from fcnkit.inference import plan_prediction, predict_tiled
@@ -62,13 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(".png"):
         raise InputError(f"--out {args.out}: expected a path ending in .png, found another suffix; name the "
                          f"picture like heat.png.")
-    if args.tile is not None and args.tile <= 0:
-        raise InputError(f"--tile: expected a positive number, found {args.tile}; leave it out to choose it from "
-                         f"memory.")
-    if args.memory_limit is not None:  # checked before the model loads, under the flag's own name
-        from fcnkit.inference.plan import parse_memory
-
-        parse_memory(args.memory_limit, name="--memory-limit")
+    check_tiling_flags(args, "tile")
     check_target(args.out, overwrite=args.overwrite)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint)

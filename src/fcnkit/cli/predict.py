@@ -61,21 +61,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
-def run(args: argparse.Namespace) -> int:
-    from fcnkit.loading import load_model
+def check_tiling_flags(args: argparse.Namespace, *names: str) -> None:
+    """The tiling flags ``names`` (positive numbers when given) and ``--memory-limit``, checked before anything
+    loads, each error under the flag's own name (``predict`` and ``heatmap``)."""
     from fcnkit.errors import InputError
-    from fcnkit.signals import Interrupted
+    from fcnkit.inference.plan import parse_memory
 
-    for name in ("tile", "batch_size"):
+    for name in names:
         value = getattr(args, name)
         if value is not None and value <= 0:
             flag = "--" + name.replace("_", "-")
             raise InputError(f"{flag}: expected a positive number, found {value}; leave it out to choose it from "
                              f"memory.")
-    if args.memory_limit is not None:  # checked before anything loads, under the flag's own name
-        from fcnkit.inference.plan import parse_memory
-
+    if args.memory_limit is not None:
         parse_memory(args.memory_limit, name="--memory-limit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnkit.loading import load_model
+    from fcnkit.errors import InputError
+    from fcnkit.signals import Interrupted
+
+    check_tiling_flags(args, "tile", "batch_size")
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite contradict each other; pass one of them.")
     if args.device is None:
