@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -175,11 +174,12 @@ def main() -> None:
 
     budget = {k: getattr(args, k) for k in ("minutes", "batch_size", "patch", "width", "lr", "schedule",
                                             "precision", "class_weights", "batch_norm", "val_count")}
+    where = machine()
     print(f"\nBudget: {args.minutes:g} min of training per model, batches of {args.batch_size} "
           f"{args.patch}x{args.patch} patches, AdamW lr {args.lr:g} ({args.schedule}, {args.precision}), class "
           f"weights {args.class_weights}, width {args.width:g}{', FCNs with BatchNorm' if args.batch_norm else ''}; "
           f"scored on {args.val_count} held-out "
-          f"256x256 scenes; {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}.\n")
+          f"256x256 scenes; {torch.get_num_threads()} thread(s), {where['cpu']} ({where['cpu_capability']}).\n")
     if classifier:
         loc = classifier["localization"]
         print(f"digit_classifier (width 1, 48x48 windows, {classifier['steps']} steps of 64, "
@@ -194,7 +194,7 @@ def main() -> None:
               f"{_pct(r['mean_accuracy'])} | {_pct(r['mean_iu'])} | {_pct(r['fw_iu'])} | {r['images_per_s']:.1f} | "
               f"{r['load_before']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), "budget": {**budget, "val_size": 256,
+    args.out.write_text(json.dumps({"machine": where, "budget": {**budget, "val_size": 256,
                                                                      "threads": torch.get_num_threads()},
                                     "classifier": classifier, "results": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
