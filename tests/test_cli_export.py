@@ -53,6 +53,29 @@ def test_onnx(tmp_path, checkpoint, capsys):
         assert np.abs(session.run(None, {"image": x.numpy()})[0] - model(x).numpy()).max() <= 1e-3
 
 
+def test_pt2_then_predict_with_it(tmp_path, checkpoint, capsys):
+    from PIL import Image
+
+    out = tmp_path / "m.pt2"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "pt2", "--out", str(out)]) == 0
+    assert f"wrote {out} (pt2; checked against PyTorch at three sizes" in capsys.readouterr().out
+    model = load_checkpoint(checkpoint)
+    x = torch.rand(2, 3, 67, 93) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(str(out)).module()(x), model(x), atol=1e-4, rtol=0)
+    image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    assert main(["predict", "--checkpoint", str(out), str(tmp_path / "photo.png"), "--out",
+                 str(tmp_path / "labels.png"), "--quiet"]) == 0
+    with torch.no_grad():
+        expected = model(torch.from_numpy(image).permute(2, 0, 1)[None].float()).argmax(1)[0].numpy()
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "labels.png")), expected)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(out), "--format", "safetensors", "--out",
+                 str(tmp_path / "m.safetensors")]) == 2
+    assert "it is exported already, use the .pt2 file itself" in capsys.readouterr().err
+
+
 def test_safetensors_round_trip_and_back_through_export(tmp_path, checkpoint, capsys):
     out = tmp_path / "m.safetensors"
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out)]) == 0

@@ -12,6 +12,7 @@ from torch import nn
 from fcnkit.errors import CheckpointError, ModelError, OutputError
 from fcnkit.export import (
     export_onnx,
+    export_program,
     export_safetensors,
     export_torchscript,
     import_safetensors,
@@ -76,6 +77,15 @@ def _torchscript_matches(model: nn.Module, path, sizes=SIZES) -> None:
             assert torch.allclose(loaded(x), model(x), atol=1e-4), (h, w)
 
 
+def _program_matches(model: nn.Module, path, sizes=SIZES) -> None:
+    loaded = torch.export.load(str(path)).module()  # as a user of the file runs it
+    generator = torch.Generator().manual_seed(3)
+    for h, w in sizes:
+        x = torch.rand(2, 3, h, w, generator=generator) * 255
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=0)
+
+
 def test_onnx_toy_padding_model_any_size(tmp_path):
     model = PadNet().eval()
     worst = export_onnx(model, tmp_path / "pad.onnx", sample_size=(64, 64))
@@ -90,6 +100,22 @@ def test_torchscript_toy_padding_model_any_size(tmp_path):
     _torchscript_matches(model, tmp_path / "pad.ts", SIZES + [(1, 1), (8, 200)])
 
 
+def test_pt2_toy_padding_model_any_size_and_its_metadata(tmp_path):
+    import zipfile
+
+    model = PadNet().eval()
+    assert export_program(model, tmp_path / "pad.pt2", sample_size=(64, 64)) <= 1e-4
+    # sizes that need no padding too: the exporter's guards would have refused them ("padded height != height")
+    _program_matches(model, tmp_path / "pad.pt2", SIZES + [(1, 1), (8, 200), (16, 8)])
+    assert [p.name for p in tmp_path.iterdir()] == ["pad.pt2"]  # no temporary file left behind
+    extra = {"fcnkit.json": ""}
+    torch.export.load(str(tmp_path / "pad.pt2"), extra_files=extra)
+    meta = json.loads(extra["fcnkit.json"])
+    assert meta["format"] == "fcnkit-pt2" and meta["output_kind"] == "dense" and meta["input_size"] is None
+    assert meta["input"].startswith("float32 NCHW (batch, channels, height, width), raw pixel values 0-255")
+    assert any(n.endswith("extra/fcnkit.json") for n in zipfile.ZipFile(tmp_path / "pad.pt2").namelist())
+
+
 def test_export_refuses_a_model_that_freezes_its_size(tmp_path):
     class Frozen(nn.Module):
         def forward(self, x):
@@ -98,6 +124,9 @@ def test_export_refuses_a_model_that_freezes_its_size(tmp_path):
 
     with pytest.raises(ModelError, match="TorchScript export: expected output shape .* found"):
         export_torchscript(Frozen(), tmp_path / "f.ts", sample_size=(8, 8))
+    with pytest.raises(ModelError, match=r"pt2 export: expected (output shape .* found|the exported model "
+                                         r"to run at .* found an error)"):
+        export_program(Frozen(), tmp_path / "f.pt2", sample_size=(8, 8))
     assert not (tmp_path / "f.ts").exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -113,9 +142,17 @@ def test_existing_output_refused_without_overwrite(tmp_path):
 def test_classifier_exports_with_fixed_window(tmp_path):
     model = build_model("digit_classifier", num_classes=4).eval()
     export_torchscript(model, tmp_path / "c.ts", sample_size=(99, 99))
+    export_program(model, tmp_path / "c.pt2", sample_size=(99, 99))
     x = torch.rand(3, 3, *model.input_size) * 255
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(tmp_path / "c.ts"))(x), model(x), atol=1e-5)
+        assert torch.allclose(torch.export.load(str(tmp_path / "c.pt2")).module()(x), model(x), atol=1e-5)
+    from fcnkit.loading import load_model
+
+    loaded = load_model(tmp_path / "c.pt2")
+    assert loaded.output_kind == "classifier" and loaded.input_size == model.input_size
+    with pytest.raises(Exception, match=r"the program takes only 32x32 inputs, got 40x32; convolutionalize"):
+        loaded(torch.rand(1, 3, 40, 32))
 
 
 def test_onnx_file_mode_follows_the_umask_and_grid_outputs_name_their_size(tmp_path):
@@ -145,6 +182,14 @@ def test_torchscript_zoo_any_size(tmp_path, name):
     model = _zoo_model(name)
     export_torchscript(model, tmp_path / f"{name}.ts")
     _torchscript_matches(model, tmp_path / f"{name}.ts")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_pt2_zoo_any_size(tmp_path, name):
+    model = _zoo_model(name)
+    export_program(model, tmp_path / f"{name}.pt2")
+    _program_matches(model, tmp_path / f"{name}.pt2", SIZES + [(1, 1), (128, 64)])
 
 
 def test_safetensors_round_trip(tmp_path):

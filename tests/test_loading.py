@@ -1,4 +1,5 @@
-"""fcnkit.load_model: fcnkit checkpoints, safetensors exports and any ONNX model, through the API and the CLI.
+"""fcnkit.load_model: fcnkit checkpoints, safetensors exports, any ONNX model and any torch.export program (.pt2),
+through the API and the CLI.
 
 The ONNX files are exported here with fcnkit's own exporter (module-scoped: an export takes seconds)."""
 
@@ -14,9 +15,9 @@ from torch import nn
 import fcnkit
 from fcnkit.checkpoint import save_checkpoint
 from fcnkit.errors import CheckpointError, InputError, NotExactError
-from fcnkit.export import export_onnx, export_safetensors
+from fcnkit.export import export_onnx, export_program, export_safetensors
 from fcnkit.geometry.probe import probe_radius
-from fcnkit.loading import OnnxModel, load_model
+from fcnkit.loading import ExportedModel, OnnxModel, load_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -221,3 +222,161 @@ def test_cli_predict_runs_an_onnx_model_into_ome_zarr_or_refuses_with_the_reason
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fcnkit: error: ") and " at node " in err and "Traceback" not in err
+
+
+# ---- torch.export programs (.pt2) ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pt2(tmp_path_factory):
+    """(torch model, its .pt2 file written by fcnkit's exporter): encoder_decoder, with class names and palette."""
+    torch.manual_seed(0)
+    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125).eval()
+    model.fcnkit_meta = {"class_names": ["sky", "sea", "boat"], "palette": np.array([[0, 0, 255], [0, 90, 0],
+                                                                                     [200, 0, 0]], np.uint8)}
+    path = tmp_path_factory.mktemp("pt2") / "encoder_decoder.pt2"
+    export_program(model, path, sample_size=(40, 40))
+    return model, path
+
+
+def _rewrite(source, target, replace: dict) -> None:
+    """Copy the zip ``source`` to ``target`` with the members whose path ends with a key of ``replace`` replaced."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            for suffix, new in replace.items():
+                if info.filename.endswith(suffix):
+                    data = new(data)
+            dst.writestr(info, data)
+
+
+_UNPICKLED = []
+
+
+def _mark() -> list:
+    _UNPICKLED.append("code from the file ran")
+    return _UNPICKLED
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return _mark, ()
+
+
+def test_pt2_model_equals_the_torch_model_for_any_batch_and_keeps_its_classes(pt2):
+    model, path = pt2
+    exported = load_model(path)
+    assert isinstance(exported, ExportedModel) and not exported.training
+    assert exported.fcnkit_spec == {"format": "pt2", "path": str(path), "num_classes": 3, "in_channels": 3}
+    assert exported.fcnkit_meta["class_names"] == ["sky", "sea", "boat"]  # from the file's fcnkit.json
+    assert exported.fcnkit_meta["palette"].tolist() == [[0, 0, 255], [0, 90, 0], [200, 0, 0]]
+    assert repr(exported) == f"ExportedModel(path={str(path)!r}, in_channels=3, num_classes=3)"
+    for n, h, w in [(3, 45, 61), (1, 64, 64), (2, 7, 130)]:
+        x = torch.rand(n, 3, h, w) * 255
+        with torch.no_grad():
+            torch.testing.assert_close(exported(x), model(x), atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match=r"expected a \(N, C, H, W\) tensor, got \(3, 7, 130\); add the batch"):
+        exported(x[0])
+    with pytest.raises(InputError, match=r"expected 3 input channels, got 1 .*; convert the image to 3 channels"):
+        exported(torch.rand(1, 1, 16, 16))
+
+
+@pytest.mark.slow
+def test_pt2_model_tiles_exactly_like_the_whole_image(pt2):
+    model, path = pt2
+    exported = load_model(path)
+    geometry = fcnkit.analyze(exported)
+    assert geometry.local and geometry.method == "probed" and geometry.input_multiple == 8
+    assert "ATen operators" in geometry.probe_reason
+    assert geometry.receptive_field == 1 + 2 * probe_radius(model)
+    image = _image(75, 133)
+    whole = fcnkit.predict(exported, image)
+    tiled = fcnkit.predict_tiled(exported, image, tile=16)  # many tiles, the halo reaches across several
+    np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(whole, fcnkit.predict(model, image), atol=1e-4, rtol=0)
+    labels = fcnkit.distributed.predict_dask(exported, image, output="labels", chunk=32).compute()
+    assert np.array_equal(labels, whole.argmax(2))
+
+
+def test_pt2_model_pickles_with_its_weights_as_they_are_now(pt2, tmp_path):
+    import copy
+    import pickle
+    import shutil
+
+    exported = load_model(pt2[1])
+    x = torch.rand(1, 3, 24, 40) * 255
+    revived = pickle.loads(pickle.dumps(exported))  # what a distributed worker receives
+    torch.testing.assert_close(revived(x), exported(x), atol=0, rtol=0)
+    assert revived.fcnkit_meta["class_names"] == ["sky", "sea", "boat"]
+    cast = copy.deepcopy(exported).to(torch.bfloat16)  # as bf16 inference prepares it
+    revived = pickle.loads(pickle.dumps(cast))
+    assert {p.dtype for p in revived.parameters()} == {torch.bfloat16}
+    torch.testing.assert_close(revived(x.bfloat16()), cast(x.bfloat16()), atol=0, rtol=0)
+    moved = tmp_path / "m.pt2"
+    shutil.copy(pt2[1], moved)
+    from_copy = load_model(moved)
+    moved.write_bytes(b"another model now")
+    with pytest.raises(CheckpointError, match=r"m\.pt2': expected the file it was loaded from, found it changed or "
+                                              r"gone; load the model again"):
+        pickle.dumps(from_copy)
+
+
+def test_opening_a_pt2_never_runs_code_from_the_file(pt2, tmp_path):
+    import io
+    import json
+    import pickle
+
+    def pickled_weight(data: bytes) -> bytes:
+        config = json.loads(data)
+        next(iter(config["config"].values()))["use_pickle"] = True
+        return json.dumps(config).encode()
+
+    _rewrite(pt2[1], tmp_path / "weights.pt2", {"_weights_config.json": pickled_weight})
+    with pytest.raises(CheckpointError, match=r"weights\.pt2': expected weights, constants and sample inputs that "
+                                              r"are plain tensors, found '.*' stored with pickle, which loading "
+                                              r"would unpickle \(and could run code\)"):
+        load_model(tmp_path / "weights.pt2")
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1), _RunsCode()), {}), buffer)  # torch.export.load would unpickle this in full
+    _rewrite(pt2[1], tmp_path / "inputs.pt2", {"data/sample_inputs/model.pt": lambda _: buffer.getvalue()})
+    with pytest.raises(CheckpointError, match=r"found sample inputs \('data/sample_inputs/model\.pt'\) that are "
+                                              r"not plain tensors"):
+        load_model(tmp_path / "inputs.pt2")
+    assert _UNPICKLED == []
+    pickle.loads(pickle.dumps(_RunsCode()))  # the marker works: a full unpickle would have run it
+    assert _UNPICKLED == ["code from the file ran"]
+    (tmp_path / "text.pt2").write_text("not a zip")
+    with pytest.raises(CheckpointError, match=r"text\.pt2': expected a \.pt2 archive \(a zip file written by "
+                                              r"torch\.export\.save\), found something else"):
+        load_model(tmp_path / "text.pt2")
+    with pytest.raises(CheckpointError, match=r"nothing\.pt2': expected a \.pt2 file, found nothing; check the path"):
+        load_model(tmp_path / "nothing.pt2")
+
+
+@pytest.mark.slow
+def test_a_foreign_pt2_is_measured_and_a_squeeze_excitation_refused_naming_the_operator(tmp_path):
+    torch.manual_seed(0)
+    net = SESegmenter().eval()
+    auto = torch.export.Dim.AUTO
+    program = torch.export.export(net, (torch.zeros(2, 3, 40, 40),), dynamic_shapes=({0: auto, 2: auto, 3: auto},))
+    torch.export.save(program, tmp_path / "se.pt2")  # no fcnkit metadata: classes from one small run
+    model = load_model(tmp_path / "se.pt2")
+    assert model.fcnkit_spec["num_classes"] == 2 and model.fcnkit_meta["class_names"] is None
+    geometry = fcnkit.analyze(model)
+    assert not geometry.local and " at node " in geometry.nonlocal_reason
+    operator = geometry.nonlocal_reason.split(" at node")[0]
+    assert operator in ("mean", "adaptive_avg_pool2d", "_adaptive_avg_pool2d")
+    with pytest.raises(NotExactError, match=rf"tiled inference cannot equal the whole-image run: {operator} at node"):
+        fcnkit.predict_tiled(model, _image(48, 40), tile=16)
+
+
+def test_a_pt2_model_is_neither_a_checkpoint_nor_safetensors(pt2, tmp_path):
+    model = load_model(pt2[1])
+    with pytest.raises(CheckpointError, match=r"found a torch\.export program .* whose weights live in its \.pt2 "
+                                              r"file"):
+        save_checkpoint(tmp_path / "x.pt", model=model)
+    with pytest.raises(fcnkit.errors.ModelError, match=r"found a torch\.export program .*; it is exported already, "
+                                                       r"use the \.pt2 file itself"):
+        export_safetensors(model, tmp_path / "x.safetensors")

@@ -126,3 +126,18 @@ def test_report_says_how_the_geometry_was_obtained():
 
     probed = format_report(inspect_model(Untraceable(), size=(8, 8)))
     assert "obtained by:" in probed and "probing (" in probed
+
+
+def test_a_torch_export_program_counts_the_same_flops_as_its_model(tmp_path):
+    from fcnkit.export import export_program
+    from fcnkit.loading import load_model
+    from fcnkit.models import build_model
+
+    model = build_model("fcn8s", num_classes=5, width=0.0625).eval()
+    export_program(model, tmp_path / "m.pt2")
+    report = inspect_model(load_model(tmp_path / "m.pt2"), size=(67, 93))
+    reference = inspect_model(model, size=(67, 93))
+    # one row for the whole program (no layers to hook), its multiply-adds counted per ATen operator
+    assert [(r.name, r.type, r.output_shape) for r in report.layers] == [("", "ExportedModel", (1, 5, 67, 93))]
+    assert report.flops == reference.flops > 0
+    assert report.layers[0].params == sum(p.numel() for p in model.parameters())

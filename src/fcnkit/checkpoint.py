@@ -113,10 +113,11 @@ def save_checkpoint(
             f"{type(model).__name__}; build it with fcnkit.build_model (or set model.fcnkit_spec) so the "
             f"checkpoint can rebuild it."
         )
-    if spec.get("format") == "onnx":
+    if spec.get("format") in ("onnx", "pt2"):
+        kind = "an ONNX model" if spec["format"] == "onnx" else "a torch.export program"
         raise CheckpointError(
-            f"save_checkpoint(model=...): expected a PyTorch model, found an ONNX model (from '{spec.get('path')}') "
-            f"whose weights live in its .onnx file; pass that file wherever a checkpoint is asked for."
+            f"save_checkpoint(model=...): expected a PyTorch model, found {kind} (from '{spec.get('path')}') "
+            f"whose weights live in its .{spec['format']} file; pass that file wherever a checkpoint is asked for."
         )
     # DDP and torch.compile wrappers keep the real module inside; save its keys, not the wrapper's.
     inner = getattr(model, "module", model)

@@ -1,7 +1,7 @@
-"""Export a model to ONNX, TorchScript or safetensors, and read safetensors back.
+"""Export a model to ONNX, TorchScript, a torch.export program (``.pt2``) or safetensors, and read safetensors back.
 
-ONNX and TorchScript files take any batch size, height and width (for dense and heat-map models; a fixed-window
-classifier keeps its window size). Both are checked before they are written: the exported model must equal the
+ONNX, TorchScript and ``.pt2`` files take any batch size, height and width (for dense and heat-map models; a
+fixed-window classifier keeps its window size). Both are checked before they are written: the exported model must equal the
 PyTorch model at a size other than the one it was exported at (max |difference| within ``TOLERANCE``), so a file that
 silently froze the padding arithmetic of one size is never handed out.
 
@@ -15,6 +15,7 @@ Example::
 
     export_onnx(model, "fcn8s.onnx")                   # inputs (N, 3, H, W) float32 -> (N, K, H, W)
     export_torchscript(model, "fcn8s.pt")
+    export_program(model, "fcn8s.pt2")                 # torch.export.load("fcn8s.pt2").module() runs it
     export_safetensors(model, "fcn8s.safetensors")
     model = load_safetensors("fcn8s.safetensors")
 """
@@ -29,6 +30,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +41,8 @@ from fcnkit.errors import CheckpointError, ModelError, OutputError
 TOLERANCE = 1e-3
 SAFETENSORS_FORMAT = "fcnkit-safetensors"
 SAFETENSORS_VERSION = "1"
+PT2_FORMAT, PT2_VERSION = "fcnkit-pt2", "1"
+PT2_META = "fcnkit.json"  # the extra file of a .pt2 that holds fcnkit's metadata (JSON)
 INPUT_NAME, OUTPUT_NAME = "image", "output"
 # What an ONNX user must feed, stored in the file's metadata_props under "fcnkit.input"
 INPUT_CONVENTION = ("float32 NCHW (batch, channels, height, width), raw pixel values 0-255 in the image's channel "
@@ -236,6 +240,63 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, in_channels
     return worst
 
 
+def export_program(model: nn.Module, path: str | os.PathLike, *, in_channels: int = 3,
+                   sample_size: tuple[int, int] = (64, 64), overwrite: bool = True) -> float:
+    """Write ``model`` as a torch.export program (``.pt2``, ``torch.export.load(path).module()`` runs it) for any
+    batch, height and width; return the checked max |difference|.
+
+    The successor of TorchScript in PyTorch: an ATen graph with symbolic sizes, the weights beside it. The file's
+    extra file ``fcnkit.json`` holds the input convention, the model spec, class names and palette, which
+    :func:`fcnkit.load_model` reads. The program is loaded back from the written file and checked at three sizes
+    before it is moved into place.
+    """
+    model, dynamic, size = _prepare(model, in_channels, sample_size)
+    program = _exported_program(model, in_channels, size, dynamic)
+    meta = getattr(model, "fcnkit_meta", None) or {}
+    palette = meta.get("palette")
+    extra = json.dumps({
+        "format": PT2_FORMAT, "version": PT2_VERSION, "input": INPUT_CONVENTION,
+        "output_kind": getattr(model, "output_kind", "dense"),
+        "input_size": None if dynamic else list(size),
+        "model": getattr(model, "fcnkit_spec", None),
+        "class_names": meta.get("class_names"),
+        "palette": np.asarray(palette).tolist() if palette is not None else None,
+    })
+    with _atomic_target(path, overwrite=overwrite) as tmp, _quiet_exporter():
+        # through file objects: torch takes a path only if it ends in .pt2, and the temporary name does not
+        with open(tmp, "wb") as f:
+            torch.export.save(program, f, extra_files={PT2_META: extra})
+        with open(tmp, "rb") as f:
+            loaded = torch.export.load(f).module()
+        worst = _check_close("pt2", lambda t: loaded(t).detach().numpy(), model, in_channels,
+                             _probe_sizes(size, dynamic))
+    return worst
+
+
+def _exported_program(model: nn.Module, in_channels: int, size: tuple[int, int], dynamic: bool) -> Any:
+    """``torch.export.export`` of ``model`` with a dynamic batch (and height and width when ``dynamic``).
+
+    Sizes are reasoned about size-obliviously: otherwise the exporter decides facts such as "the padded height
+    differs from the height" (true at the odd export size, false at a multiple) while it computes the strides of
+    the crop back to the input size, and keeps each as a guard that makes the program refuse every size where the
+    fact is false. Nothing the model computes depends on those facts; the three-size check catches a program that
+    does."""
+    from torch.fx.experimental import _config as symbolic_config
+
+    auto = torch.export.Dim.AUTO
+    axes = {0: auto, 2: auto, 3: auto} if dynamic else {0: auto}
+    x = torch.zeros(2, in_channels, *size)  # a batch of 2: the exporter specialises a dimension it sees as 1
+    try:
+        with _quiet_exporter(), symbolic_config.patch(backed_size_oblivious=True):
+            return torch.export.export(model, (x,), dynamic_shapes=(axes,))
+    except Exception as exc:  # torch.export reports unsupported code as many different exception types
+        raise ModelError(
+            f"torch.export of {type(model).__name__}: expected a model torch.export can trace with dynamic "
+            f"{'batch, height and width' if dynamic else 'batch'}, found {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:300]}; keep the forward free of data-dependent Python control flow."
+        ) from None
+
+
 def export_safetensors(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write the weights of an fcnkit model as safetensors, with the model spec in the metadata header; return path.
 
@@ -248,9 +309,10 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike, *, overwrite: 
     if not isinstance(spec, dict):
         raise ModelError(f"safetensors export: expected an fcnkit model with `fcnkit_spec`, found a plain "
                          f"{type(model).__name__}; build it with fcnkit.build_model so the file can rebuild it.")
-    if spec.get("format") == "onnx":
-        raise ModelError(f"safetensors export: expected a PyTorch model, found an ONNX model (from "
-                         f"'{spec.get('path')}'); it is exported already, use the .onnx file itself.")
+    if spec.get("format") in ("onnx", "pt2"):
+        kind = "an ONNX model" if spec["format"] == "onnx" else "a torch.export program"
+        raise ModelError(f"safetensors export: expected a PyTorch model, found {kind} (from "
+                         f"'{spec.get('path')}'); it is exported already, use the .{spec['format']} file itself.")
     meta = getattr(model, "fcnkit_meta", None) or {}
     palette = meta.get("palette")
     header = {

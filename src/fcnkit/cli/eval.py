@@ -14,7 +14,8 @@ fcnkit eval --checkpoint runs/unet/best.pt --data voc:/data/VOC2012 --split val 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
-                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export or any .onnx model")
+                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export, or any "
+                             ".onnx model or .pt2 torch.export program")
     parser.add_argument("--data", required=True,
                         help="scenes | voc:ROOT | folder:ROOT (without ROOT/train and ROOT/val, the val split is every "
                              "5th image, the images training held out) | nuclei[:QUADRANT]")

@@ -1,4 +1,5 @@
-"""``fcnkit export``: a trained model as ONNX or TorchScript (any H x W) or as safetensors weights."""
+"""``fcnkit export``: a trained model as ONNX, TorchScript or a torch.export program (any H x W), or as safetensors
+weights."""
 
 from __future__ import annotations
 
@@ -7,19 +8,23 @@ from pathlib import Path
 
 from fcnkit.errors import InputError, OutputError
 
-HELP = "export a checkpoint as ONNX or TorchScript (any input size) or safetensors (weights + model spec)"
+HELP = ("export a checkpoint as ONNX, TorchScript or a torch.export program (.pt2; any input size) or safetensors "
+        "(weights + model spec)")
 EXAMPLE = """\
 fcnkit export --checkpoint runs/scenes/best.pt --format onnx --out fcn8s.onnx
 fcnkit export --checkpoint runs/scenes/best.pt --format torchscript --out fcn8s.ts --size 96 96
+fcnkit export --checkpoint runs/scenes/best.pt --format pt2 --out fcn8s.pt2
 fcnkit export --checkpoint runs/scenes/best.pt --format safetensors --out fcn8s.safetensors"""
 
-FORMATS = ("onnx", "torchscript", "safetensors")
+FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export or an .onnx model")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="file format to write")
+                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export, an .onnx model or a "
+                             ".pt2 torch.export program")
+    parser.add_argument("--format", required=True, choices=FORMATS,
+                        help="file format to write (pt2: torch.export.save, for torch.export.load)")
     parser.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     parser.add_argument("--size", nargs=2, type=int, default=(64, 64), metavar=("H", "W"),
                         help="example input size used while exporting (default 64 64; the file takes any size)")
@@ -48,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         worst = export.export_onnx(model, out, in_channels=in_channels, sample_size=tuple(args.size),
                                    opset=args.opset, overwrite=args.overwrite)
+    elif args.format == "pt2":
+        worst = export.export_program(model, out, in_channels=in_channels, sample_size=tuple(args.size),
+                                      overwrite=args.overwrite)
     else:
         worst = export.export_torchscript(model, out, in_channels=in_channels, sample_size=tuple(args.size),
                                           overwrite=args.overwrite)

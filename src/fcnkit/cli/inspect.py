@@ -17,8 +17,8 @@ fcnkit inspect --checkpoint runs/scenes/best.pt --size 512 512"""
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", metavar="MODEL", help="a registered model name (see `fcnkit.list_models()`)")
     parser.add_argument("--checkpoint", metavar="CKPT",
-                        help="inspect the model in this file instead: a .pt checkpoint, a .safetensors export or an "
-                             ".onnx model")
+                        help="inspect the model in this file instead: a .pt checkpoint, a .safetensors export, an "
+                             ".onnx model or a .pt2 torch.export program")
     parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
                         help="input size to run at (default 256 256, or a classifier's window)")
     parser.add_argument("--num-classes", type=int, default=21, metavar="K", help="classes for MODEL (default 21)")

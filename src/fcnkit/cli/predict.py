@@ -35,7 +35,8 @@ _OVERLAY_ALPHA = 0.5
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
-                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export or any .onnx model")
+                        help="a .pt checkpoint written by `fcnkit train`, a .safetensors export, or any "
+                             ".onnx model or .pt2 torch.export program")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images: PNG, JPEG, TIFF/BigTIFF, .zarr, .ome.zarr")
     parser.add_argument("--out", required=True,
                         help="output file for one input (its suffix picks the format: .png, .zarr, .ome.zarr, .tif), "

@@ -78,13 +78,15 @@ def analyze(model: nn.Module, *, in_channels: int = 3) -> Geometry:
                          "pass the number of channels of the model's input images.")
     stand_in = getattr(model, "fcnkit_probe_stand_in", None)
     if callable(stand_in):
-        # Not a torch graph (fcnkit.loading.OnnxModel runs onnxruntime): measured on the stand-in it provides; when
-        # non-local, the operators it names from its own graph lead the reason.
+        # Not a graph of torch layers (fcnkit.loading.OnnxModel runs onnxruntime, ExportedModel an ATen program):
+        # measured on the stand-in it provides; when non-local, the operators it names from its own graph lead the
+        # reason.
         geometry = _measured(stand_in(), in_channels, None)
         hint = getattr(model, "nonlocal_operators", None)
         if not geometry.local and hint:
             geometry = replace(geometry, nonlocal_reason=f"{hint}; {geometry.nonlocal_reason}")
-        return replace(geometry, method="probed", probe_reason=f"{type(model).__name__} is not a torch graph")
+        why = getattr(model, "fcnkit_probe_reason", None) or "not a torch graph"
+        return replace(geometry, method="probed", probe_reason=f"{type(model).__name__}: {why}")
     graph, why = None, None
     try:
         gm = trace(model)

@@ -14,10 +14,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from fcnkit.errors import FcnkitError, InputError, ModelError
 
@@ -130,14 +132,19 @@ def layer_table(model: nn.Module, *, size: tuple[int, int], in_channels: int = 3
             macs=layer_macs(module, inputs, tensor) if tensor is not None else 0,
         ))
 
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    # A torch.export program (fcnkit.loading.ExportedModel) computes with ATen operators, not layers: one row for
+    # the whole program, its multiply-adds counted per operator by torch's FLOP counter (convolutions and matrix
+    # products, the same convention).
+    program = (getattr(model, "fcnkit_spec", None) or {}).get("format") == "pt2"
+    leaves = [] if program else [m for m in model.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(hook) for m in leaves]
+    counter = FlopCounterMode(display=False) if program else contextlib.nullcontext()
     param = next(model.parameters(), None)
     x = torch.zeros(1, in_channels, h, w, device=param.device if param is not None else "cpu")
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             out = model(x)
     except RuntimeError as exc:
         raise InputError(
@@ -149,7 +156,12 @@ def layer_table(model: nn.Module, *, size: tuple[int, int], in_channels: int = 3
             handle.remove()
         model.train(was_training)
     tensor = _first_tensor(out)
-    return rows, tuple(tensor.shape) if tensor is not None else ()
+    shape = tuple(tensor.shape) if tensor is not None else ()
+    if program:
+        rows.append(LayerRow(name="", type=type(model).__name__, output_shape=shape,
+                             params=sum(p.numel() for p in model.parameters()),
+                             macs=counter.get_total_flops() // 2))
+    return rows, shape
 
 
 def _check_size(size) -> tuple[int, int]:
