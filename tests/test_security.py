@@ -51,6 +51,26 @@ def test_every_torch_load_in_fcnkit_is_weights_only():
     assert "checkpoint.py" in loads  # the scan really saw the loader
 
 
+def test_every_torch_export_load_reads_a_checked_archive():
+    """torch.export.load unpickles weights, constants and sample inputs that are not plain tensors: fcnkit calls it
+    on a file from elsewhere only after ``_check_pt2_pickles`` has read the archive, and otherwise only on the file
+    its own exporter has just written."""
+    seen = []
+    for path in SOURCE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for function in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+            loads = [c for c in _calls(function, "export.load") if ast.unparse(c.func) == "torch.export.load"]
+            if not loads:
+                continue
+            seen.append(f"{path.parent.name}/{path.name}:{function.name}")
+            if path.name == "export.py":
+                assert function.name == "export_program", function.name  # reads back what it wrote
+                continue
+            checks = [c.lineno for c in _calls(function, "_check_pt2_pickles")]
+            assert checks and min(checks) < min(c.lineno for c in loads), f"{path.name}:{function.name}"
+    assert sorted(seen) == ["fcnkit/export.py:export_program", "loading/program.py:_open_program"]
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sec")

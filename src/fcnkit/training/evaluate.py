@@ -106,7 +106,7 @@ def evaluate_checkpoint(
 
     Returns the four metrics, per-class ``iu``, ``class_names``, and ``images`` (how many images or windows).
     """
-    from fcnkit.loading import load_model  # --checkpoint: a .pt, a .safetensors export or an .onnx model
+    from fcnkit.loading import load_model  # --checkpoint: a .pt, a .safetensors export, an .onnx model or a .pt2
     from fcnkit.data import open_dataset
     from fcnkit.errors import DataError
 
