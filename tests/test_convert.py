@@ -390,3 +390,15 @@ def test_meta_device_classifier_converts_on_shapes_alone() -> None:
     with torch.device("meta"):  # e.g. a registry building the paper's widths without allocating them
         fcn = convolutionalize(_small_classifier(), input_size=(32, 32))
     assert next(fcn.parameters()).is_meta and (fcn.stride, fcn.num_classes) == ((4, 4), 5)
+
+
+def test_an_exported_classifier_is_refused_naming_its_file(tmp_path):
+    from fcnkit.export import export_program
+    from fcnkit.loading import load_model
+    from fcnkit.models import build_model
+
+    export_program(build_model("digit_classifier", num_classes=4, width=0.25).eval(), tmp_path / "c.pt2")
+    with pytest.raises(ConversionError, match=r"expected a PyTorch classifier made of layers, found a torch\.export "
+                                              r"program \(from '.*c\.pt2'\), whose layers are gone; convolutionalize "
+                                              r"the \.pt checkpoint it was exported from"):
+        convolutionalize(load_model(tmp_path / "c.pt2"), input_size=(32, 32))

@@ -127,6 +127,13 @@ def convolutionalize(classifier: nn.Module, *, input_size: Sequence[int], in_cha
     if not isinstance(classifier, nn.Module):
         raise InputError(f"convolutionalize(classifier=...): expected a torch.nn.Module, got "
                          f"{type(classifier).__name__}; pass the classifier model.")
+    spec = getattr(classifier, "fcnkit_spec", None)
+    kind = {"onnx": "an ONNX model", "pt2": "a torch.export program"}.get(
+        spec.get("format") if isinstance(spec, dict) else None)
+    if kind is not None:  # fcnkit.loading's OnnxModel / ExportedModel: no layers to rewrite
+        raise ConversionError(f"convolutionalize: expected a PyTorch classifier made of layers, found {kind} (from "
+                              f"'{spec.get('path')}'), whose layers are gone; convolutionalize the .pt checkpoint "
+                              f"it was exported from, then export the FCN.")
     training = classifier.training
     # Eval mode: shape propagation runs a batch of 2, which BatchNorm in training mode would update.
     reference = copy.deepcopy(classifier).eval()
