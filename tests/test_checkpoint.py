@@ -196,3 +196,17 @@ def test_convolutionalized_classifier_roundtrip(tmp_path):
     loaded = load_checkpoint(save_checkpoint(tmp_path / "fcn.pt", model=fcn))
     x = torch.rand(1, 3, 64, 48)
     torch.testing.assert_close(loaded(x), fcn.eval()(x))
+
+
+def test_the_16_bit_rule_of_the_training_data_travels_with_the_model(tmp_path):
+    from fcnkit.export import export_safetensors, load_safetensors
+
+    model = _tiny("encoder_decoder", num_classes=2)
+    assert load_checkpoint(save_checkpoint(tmp_path / "a.pt", model=model)).fcnkit_meta["input_16_bit"] == "scaled"
+    kept = load_checkpoint(save_checkpoint(tmp_path / "b.pt", model=model, input_16_bit="kept"))
+    assert kept.fcnkit_meta["input_16_bit"] == "kept"
+    export_safetensors(kept, tmp_path / "b.safetensors")
+    assert load_safetensors(tmp_path / "b.safetensors").fcnkit_meta["input_16_bit"] == "kept"
+    with pytest.raises(CheckpointError, match=r"input_16_bit=\.\.\.\): expected one of scaled, kept, found 'raw'"):
+        save_checkpoint(tmp_path / "c.pt", model=model, input_16_bit="raw")
+    assert not (tmp_path / "c.pt").exists()

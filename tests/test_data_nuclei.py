@@ -78,3 +78,33 @@ def test_otsu_threshold_splits_two_levels_between_them():
     t = nuclei.otsu_threshold(values)
     assert 10 <= t < 200
     assert ((values > t) == (values == 200)).all()
+
+
+def test_a_model_trained_on_it_sees_the_tiff_as_it_was_trained(tmp_path, capsys):
+    """The stored image is 8-bit data in a 16-bit file (values up to 235): the data keeps the values, training
+    records it in the checkpoint, and `fcnkit predict` of the file itself gives the model the same values, not
+    the /257 of full-range 16-bit data (which turned every pixel into 0 or 1 and the prediction all background)."""
+    import tifffile
+    from PIL import Image
+
+    import fcnkit
+    from fcnkit.cli import main
+
+    stored = tifffile.imread(nuclei.nuclei_files()[0])
+    assert stored.dtype == np.uint16 and stored.max() <= 255
+    assert open_dataset("nuclei", split="train").sixteen_bit == "kept"
+    run = tmp_path / "run"
+    assert main(["train", "--model", "encoder_decoder", "--data", "nuclei", "--width", "0.125", "--steps", "2",
+                 "--batch-size", "2", "--patch", "32", "--out", str(run), "--quiet"]) == 0
+    model = fcnkit.load_checkpoint(run / "best.pt")
+    assert model.fcnkit_meta["input_16_bit"] == "kept"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run / "best.pt"), str(nuclei.nuclei_files()[0]), "--out",
+                 str(tmp_path / "labels.png"), "--quiet"]) == 0
+    assert "scaled to 8 bits" not in capsys.readouterr().err
+    expected = fcnkit.predict(model, stored.astype(np.uint8), output="labels")  # the values training saw
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "labels.png")), expected)
+    # a model trained on 8-bit data gets a 16-bit image divided by 257, as before
+    model.fcnkit_meta["input_16_bit"] = "scaled"
+    full = (stored.astype(np.uint32) * 257).astype(np.uint16)[:64, :64]
+    np.testing.assert_array_equal(fcnkit.predict(model, full), fcnkit.predict(model, stored[:64, :64].astype(np.uint8)))

@@ -34,6 +34,8 @@ from fcnkit.io.atomic import atomic_file
 
 FORMAT = "fcnkit-checkpoint"
 VERSION = 1
+# How the training data turned stored 16-bit pixels into 0-255 values: by fcnkit.io.pixels' rule (/257) or as stored
+SIXTEEN_BIT_RULES = ("scaled", "kept")
 
 
 # Geometry depends on the architecture only, so it is analyzed once per model object, not at every save.
@@ -98,12 +100,14 @@ def save_checkpoint(
     rng: dict | None = None,
     metrics: dict | None = None,
     extra: dict | None = None,
+    input_16_bit: str = "scaled",
 ) -> Path:
     """Write ``model`` (and, for resuming, the training state) to ``path`` atomically; return the path.
 
     The file is written to a temporary file in the same folder, flushed, fsynced and renamed over ``path``, so a
     kill at any moment leaves either the old checkpoint or the new one, never a broken file. ``palette`` is a
-    (K, 3) array-like of uint8 colours. ``rng`` is :func:`capture_rng`'s dict. A folder that cannot be created or
+    (K, 3) array-like of uint8 colours. ``rng`` is :func:`capture_rng`'s dict. ``input_16_bit``: how the training
+    data made 16-bit pixels 0-255 values ("scaled" by /257, or "kept" as stored; inference does the same). A folder that cannot be created or
     written (a regular file in the path, no permission) raises :class:`OutputError` naming it.
     """
     spec = getattr(model, "fcnkit_spec", None)
@@ -129,6 +133,7 @@ def save_checkpoint(
         "class_names": list(class_names) if class_names is not None else None,
         "palette": np.asarray(palette, dtype=np.uint8).tolist() if palette is not None else None,
         "geometry": _geometry_of(inner),
+        "input_16_bit": _check_16_bit(input_16_bit),
     }
     for key, value in (("step", step), ("rng", rng), ("metrics", metrics), ("extra", extra)):
         if value is not None:
@@ -142,6 +147,13 @@ def save_checkpoint(
     with atomic_file(path, what="checkpoint") as f:
         torch.save(payload, f)
     return path
+
+
+def _check_16_bit(rule: Any) -> str:
+    if rule not in SIXTEEN_BIT_RULES:
+        raise CheckpointError(f"save_checkpoint(input_16_bit=...): expected one of {', '.join(SIXTEEN_BIT_RULES)}, "
+                              f"found {rule!r}; pass \"kept\" for data trained on 16-bit values as stored.")
+    return rule
 
 
 def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict:
@@ -289,7 +301,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> nn
     """Rebuild the model saved in ``path`` (architecture from its metadata, weights strictly), in eval mode.
 
     The model gets ``model.fcnkit_meta = {"class_names", "palette" ((K, 3) uint8 array or None), "geometry",
-    "step", "metrics"}``.
+    "step", "metrics", "input_16_bit"}``; ``input_16_bit`` ("scaled" or "kept") says how its training data turned
+    16-bit pixels into 0-255 values, and inference does the same.
     """
     data = read_checkpoint(path, map_location=map_location)
     model = build_from_spec(data["model"], source=f"checkpoint '{path}'")
@@ -303,5 +316,6 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> nn
         "geometry": data.get("geometry"),
         "step": data.get("step"),
         "metrics": data.get("metrics"),
+        "input_16_bit": data.get("input_16_bit", "scaled"),
     }
     return model.eval()

@@ -250,6 +250,8 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, in_channels: in
     :func:`fcnkit.load_model` reads. The program is loaded back from the written file and checked at three sizes
     before it is moved into place.
     """
+    from fcnkit.inference.inputs import takes_0_255
+
     model, dynamic, size = _prepare(model, in_channels, sample_size)
     program = _exported_program(model, in_channels, size, dynamic)
     meta = getattr(model, "fcnkit_meta", None) or {}
@@ -261,6 +263,8 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, in_channels: in
         "model": getattr(model, "fcnkit_spec", None),
         "class_names": meta.get("class_names"),
         "palette": np.asarray(palette).tolist() if palette is not None else None,
+        "input_16_bit": meta.get("input_16_bit", "scaled"),
+        "takes_0_255": takes_0_255(model),
     })
     with _atomic_target(path, overwrite=overwrite) as tmp, _quiet_exporter():
         # through file objects: torch takes a path only if it ends in .pt2, and the temporary name does not
@@ -321,6 +325,7 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike, *, overwrite: 
         "model": json.dumps(spec),
         "class_names": json.dumps(meta.get("class_names")),
         "palette": json.dumps(np.asarray(palette).tolist() if palette is not None else None),
+        "input_16_bit": meta.get("input_16_bit", "scaled"),
     }
     # safetensors refuses tensors that share memory (tied weights, views): store an independent copy of each.
     inner = getattr(model, "module", model)
@@ -368,7 +373,9 @@ def import_safetensors(path: str | os.PathLike) -> dict:
     if not isinstance(spec, dict):
         raise CheckpointError(f"safetensors file '{path}': expected a model spec object, found "
                               f"{type(spec).__name__}; export it again.")
-    return {"model": spec, "state_dict": state_dict, "class_names": class_names, "palette": palette}
+    rule = header.get("input_16_bit", "scaled")
+    return {"model": spec, "state_dict": state_dict, "class_names": class_names, "palette": palette,
+            "input_16_bit": rule if rule in ("scaled", "kept") else "scaled"}
 
 
 def load_safetensors(path: str | os.PathLike) -> nn.Module:
@@ -387,5 +394,6 @@ def load_safetensors(path: str | os.PathLike) -> nn.Module:
         "geometry": None,
         "step": None,
         "metrics": None,
+        "input_16_bit": data["input_16_bit"],
     }
     return model.eval()

@@ -37,6 +37,9 @@ class SegmentationDataset(Protocol):
     class_names: list[str]
     palette: np.ndarray
     mirror_safe: bool  # whether a left-right mirrored item is still a valid item (training may flip patches)
+    # Optional: how stored 16-bit pixels became the values the items hold: "scaled" (/257, fcnkit.io.pixels' rule;
+    # assumed when absent) or "kept" (as stored). Training records it in the checkpoint and inference follows it.
+    # sixteen_bit: str
 
     def __len__(self) -> int: ...
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from fcnkit.data.common import check_split
 from fcnkit.errors import DataError
+from fcnkit.io.pixels import to_8_bit
 
 __all__ = ["QUADRANTS", "NucleiDataset", "nuclei_files", "otsu_threshold", "read_nuclei"]
 
@@ -50,7 +51,18 @@ def nuclei_files() -> tuple[Path, Path]:
 
 
 def read_nuclei() -> tuple[np.ndarray, np.ndarray]:
-    """The whole image as (512, 512) uint8 and the binary mask as (512, 512) uint8 (0 background, 1 nucleus)."""
+    """The whole image as (512, 512) uint8 and the binary mask as (512, 512) uint8 (0 background, 1 nucleus).
+
+    The stored image is uint16 with values up to 235, 8-bit data in a 16-bit file: kept as stored, and a model
+    trained on it records so (``NucleiDataset.sixteen_bit``), so that inference gives it a 16-bit image as stored
+    too, not divided by 257 as fcnkit's pixel rule does for full-range 16-bit data. A copy with values past 255 is
+    scaled by that rule (/257) instead."""
+    image, mask, _ = _read()
+    return image, mask
+
+
+def _read() -> tuple[np.ndarray, np.ndarray, str]:
+    """``read_nuclei``'s image and mask, and how the image's 16-bit values became 8-bit: "kept" or "scaled"."""
     import tifffile
 
     image_path, mask_path = nuclei_files()
@@ -58,10 +70,9 @@ def read_nuclei() -> tuple[np.ndarray, np.ndarray]:
     if image.ndim != 2 or instances.shape != image.shape:
         raise DataError(f"--data nuclei: expected a 2-D image and a mask of the same size in {image_path.parent}, "
                         f"found shapes {image.shape} and {instances.shape}; reinstall stardist 0.9.2.")
-    top = float(image.max())
-    # The stored image is uint16 with values up to 235; scale only if a different copy goes past uint8.
-    grey = image if top <= 255 else image.astype(np.float64) * (255.0 / top)
-    return np.asarray(grey).round().astype(np.uint8), (instances > 0).astype(np.uint8)
+    rule = "kept" if float(image.max()) <= 255 else "scaled"
+    grey = image.astype(np.uint8) if rule == "kept" else to_8_bit(image)
+    return grey, (instances > 0).astype(np.uint8), rule
 
 
 def otsu_threshold(values: np.ndarray) -> float:
@@ -93,7 +104,7 @@ class NucleiDataset:
             raise DataError(f"nuclei:{held_out}: expected the held-out quadrant to be one of "
                             f"{', '.join(QUADRANTS)}, found {held_out!r}; pass e.g. --data nuclei:br.")
         self.held_out = held_out
-        image, label = read_nuclei()
+        image, label, self.sixteen_bit = _read()  # "kept": training records it, inference follows it
         half_h, half_w = image.shape[0] // 2, image.shape[1] // 2
         names = [held_out] if split == "val" else [q for q in QUADRANTS if q != held_out]
         self.names = names

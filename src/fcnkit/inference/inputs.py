@@ -36,9 +36,21 @@ def expected_channels(model: torch.nn.Module) -> int | None:
 
 
 def takes_0_255(model: torch.nn.Module) -> bool:
-    """Whether ``model`` normalises raw 0-255 pixel values itself (fcnkit models start with such a ``Normalize``)."""
+    """Whether ``model`` normalises raw 0-255 pixel values itself (fcnkit models start with such a ``Normalize``;
+    a torch.export program of one says so with ``fcnkit_takes_0_255``)."""
+    said = getattr(model, "fcnkit_takes_0_255", None)
+    if said is not None:
+        return bool(said)
     norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
     return norm is not None and float(norm.mean.abs().max()) > 2.0
+
+
+def scales_16_bit(model: torch.nn.Module) -> bool:
+    """Whether a 16-bit image is divided by 257 for ``model``: it takes 0-255 values and was not trained on 16-bit
+    values as stored (``fcnkit_meta["input_16_bit"] == "kept"``, e.g. the nuclei image, 8-bit data in a 16-bit
+    file)."""
+    meta = getattr(model, "fcnkit_meta", None) or {}
+    return takes_0_255(model) and meta.get("input_16_bit", "scaled") != "kept"
 
 
 def check_array_like(image: Any) -> tuple[int, int, int]:
@@ -95,7 +107,7 @@ def model_input(model: torch.nn.Module, image: Any, *, check_range: bool = True)
         return image  # not a model: the caller's model check says so
     raw = takes_0_255(model)
     conversion = conversion_for(channels=channels, dtype=image.dtype, wanted=expected_channels(model),
-                                scale_16_bit=raw)
+                                scale_16_bit=scales_16_bit(model))
     if check_range and raw:
         warn_on_range(image, stacklevel=4)
     return converted(image, conversion, range_checked=True)
@@ -108,7 +120,7 @@ def conversion_of(model: torch.nn.Module, image: Any) -> PixelConversion:
     if model is None:
         return conversion_for(channels=channels, dtype=image.dtype, wanted=None, scale_16_bit=False)
     return conversion_for(channels=channels, dtype=image.dtype, wanted=expected_channels(model),
-                          scale_16_bit=takes_0_255(model))
+                          scale_16_bit=scales_16_bit(model))
 
 
 def _module(model: Any) -> torch.nn.Module | None:

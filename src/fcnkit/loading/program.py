@@ -57,8 +57,12 @@ class ExportedModel(nn.Module):
         self.fcnkit_spec = {"format": "pt2", "path": str(self.path), "num_classes": k,
                             "in_channels": self.in_channels}
         names, palette = consistent_classes(meta.get("class_names"), meta.get("palette"), k)
+        rule = meta.get("input_16_bit", "scaled")
         self.fcnkit_meta = {"class_names": names, "palette": palette, "geometry": None, "step": None,
-                            "metrics": None}
+                            "metrics": None, "input_16_bit": rule if rule in ("scaled", "kept") else "scaled"}
+        # whether the program takes raw 0-255 values (a Normalize inside, now ATen operators), as its exporter
+        # recorded; a program from elsewhere gets its values as given
+        self.fcnkit_takes_0_255 = bool(meta.get("takes_0_255", False))
         self.nonlocal_operators = _whole_image_aten(self.program)
         self.fcnkit_probe_reason = "a torch.export program of ATen operators, which fcnkit's layer rules do not read"
         self.eval()

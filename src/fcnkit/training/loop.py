@@ -285,7 +285,8 @@ class _Run:
         path = save_checkpoint(
             self.out / name, model=self.model, class_names=self.data.class_names, palette=self.data.palette,
             optimizer=self.optimizer if resumable else None, scheduler=self.scheduler if resumable else None,
-            step=self.step, rng=capture_rng() if resumable else None, metrics=metrics, extra=extra)
+            step=self.step, rng=capture_rng() if resumable else None, metrics=metrics, extra=extra,
+            input_16_bit=self.data.sixteen_bit)
         if name == "last.pt":
             self.saved_step = self.step
         return path

@@ -52,6 +52,7 @@ class TrainData:
     palette: np.ndarray
     train_windows: tuple[torch.Tensor, torch.Tensor] | None = None  # (N, 3, h, w) float, (N,) int64
     note: str = ""  # what the user should know about the split (folder: data holding out its own validation images)
+    sixteen_bit: str = "scaled"  # how the data made 16-bit pixels 8-bit ("kept" as stored, or "scaled" by /257)
     val_windows: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
@@ -81,7 +82,7 @@ def open_data(cfg: TrainConfig) -> TrainData:
         raise DataError(f"data {cfg.data}: expected validation images, found none; add images to the val split.")
     _check_patch_fits(train, cfg.patch)
     return TrainData(train, val, train.num_classes, list(train.class_names), np.asarray(train.palette),
-                     note=getattr(train, "note", ""))
+                     note=getattr(train, "note", ""), sixteen_bit=getattr(train, "sixteen_bit", "scaled"))
 
 
 def resume_model_options(cfg: TrainConfig, path: Any, given: dict) -> dict:
