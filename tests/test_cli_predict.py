@@ -150,7 +150,12 @@ def test_a_second_predict_into_a_zarr_store_refuses_replaces_or_resumes(checkpoi
     assert _listing(tmp_path) == before
     np.testing.assert_array_equal(read(), _expected(checkpoint, first))
 
-    assert main([*argv, str(tmp_path / "b.png"), "--resume"]) == 0  # the same store, already complete
+    assert main([*argv, str(tmp_path / "a.png"), "--resume"]) == 0  # the same store, already complete
+    assert _listing(tmp_path) == before
+    capsys.readouterr()
+    assert main([*argv, str(tmp_path / "b.png"), "--resume"]) == 2  # complete, but from another input: not kept
+    assert capsys.readouterr().err.startswith(f"fcnkit: error: --resume: {out} is complete, but from another input "
+                                              f"(it records model ")
     assert _listing(tmp_path) == before
     np.testing.assert_array_equal(read(), _expected(checkpoint, first))
 

@@ -120,3 +120,19 @@ def test_rgba_is_not_called_grey(unet):
     with pytest.raises(InputError) as info:
         predict(nn.Conv2d(1, 2, 1), np.zeros((4, 4, 4), np.uint8))
     assert "alpha" in str(info.value) and "grey" not in str(info.value)
+
+
+def test_a_stack_of_pages_is_not_read_as_grey_and_alpha(tmp_path):
+    import tifffile
+
+    from fcnkit.io import open_image
+    from fcnkit.models import build_model
+
+    model = build_model("encoder_decoder", num_classes=2, width=0.125).eval()
+    tifffile.imwrite(tmp_path / "two.tif", np.zeros((2, 20, 30), np.uint8))  # tifffile: axes QYX, two pages
+    with pytest.raises(InputError, match=r"two\.tif: expected one 2-D image, found a stack of 2 pages \(axis Q=2\), "
+                                         r"which would be read as the channels of one image \(alpha dropped and grey "
+                                         r"repeated to RGB, page 2 lost\); save the page to predict as its own image"):
+        model_input(model, open_image(tmp_path / "two.tif"))
+    tifffile.imwrite(tmp_path / "three.tif", np.zeros((3, 20, 30), np.uint8), photometric="minisblack")
+    assert model_input(model, open_image(tmp_path / "three.tif")).shape == (20, 30, 3)  # three pages: the channels

@@ -16,7 +16,7 @@ from ome_check import check_ome_zarr
 
 from fcnkit.errors import OutputError
 from fcnkit.io import create_output, open_image, output_status, read_image
-from fcnkit.io.outputs import Output
+from fcnkit.io.outputs import Output, output_metadata
 
 LABELS = (np.arange(90 * 70) * 7 % 11).astype(np.uint8).reshape(90, 70)
 TILES = [(y, x) for y in range(0, 90, 25) for x in range(0, 70, 30)]  # 25x30 tiles, never chunk-aligned
@@ -120,10 +120,29 @@ def test_resume_refuses_another_plan_shape_or_dtype(tmp_path):
     _fill(out, LABELS, range(2))
     for shape, dtype, plan in [((90, 70), np.uint8, "tile=64"), ((91, 70), np.uint8, "tile=25x30"),
                                ((90, 70), np.int32, "tile=25x30")]:
-        with pytest.raises(OutputError, match=r"cannot resume .*o\.zarr: the interrupted run had .*same settings"):
+        with pytest.raises(OutputError, match=r"cannot resume .*o\.zarr: the interrupted run had .*same model, input "
+                                              r"and settings"):
             create_output(target, shape, dtype, plan_key=plan, resume=True)
     fresh = create_output(target, (90, 70), np.uint8, plan_key="tile=64", resume=True, overwrite=True)
     assert fresh.done == set()
+
+
+@pytest.mark.parametrize("name", ["o.png", "o.tif", "o.ome.zarr", "o.zarr"])
+def test_resume_refuses_another_model_or_input_and_the_result_records_them(tmp_path, name):
+    target = tmp_path / name
+    identity = {"model": "ab12", "input": "a.png:100:90x70x3:|u1", "output": "labels"}
+    out = create_output(target, (90, 70), np.uint8, plan_key="tile=25x30", identity=identity)
+    _fill(out, LABELS, range(2))
+    other = {**identity, "model": "cd34"}
+    with pytest.raises(OutputError, match=r"cannot resume .*: the interrupted run had model 'ab12' \(now 'cd34'\); "
+                                          r"rerun with the same model, input and settings"):
+        create_output(target, (90, 70), np.uint8, plan_key="tile=25x30", identity=other, resume=True)
+    out = create_output(target, (90, 70), np.uint8, plan_key="tile=25x30", identity=identity, resume=True)
+    assert out.done == {0, 1}
+    _fill(out, LABELS, range(2, len(TILES)))
+    out.close()
+    assert output_metadata(target)["identity"] == identity  # the finished output says what computed it
+    assert output_metadata(tmp_path / "nothing.png") is None
 
 
 def test_torn_journal_line_is_ignored_and_garbage_refused(tmp_path):

@@ -167,16 +167,26 @@ def _is_store(path: Path) -> bool:
 
 
 def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespace) -> None:
+    from fcnkit.errors import OutputError
     from fcnkit.io import create_output, open_image, output_status
+    from fcnkit.io.outputs import output_metadata
     from fcnkit.inference.tiled import plan_prediction
     from fcnkit.signals import on_interrupt
 
+    image = _adapted(open_image(source), model, source)
+    output = "labels" if args.output == "overlay" else args.output
+    identity = {"model": _model_digest(model), "input": _input_key(source, image), "output": args.output}
     if args.resume and output_status(target) == "complete":
+        stored = (output_metadata(target) or {}).get("identity")
+        if stored != identity:
+            keys = [k for k in identity if not isinstance(stored, dict) or stored.get(k) != identity[k]]
+            record = ("it records " + ", ".join(f"{k} {v}" for k, v in stored.items()) if isinstance(stored, dict)
+                      else "it records none")
+            raise OutputError(f"--resume: {target} is complete, but from another {' and '.join(keys)} ({record}); "
+                              f"pass --overwrite to compute it again, or choose another --out.")
         if not args.quiet:
             print(f"{target}: already complete, skipped")
         return
-    image = _adapted(open_image(source), model, source)
-    output = "labels" if args.output == "overlay" else args.output
     tile = args.tile if args.tile is not None else _previous_tile(target) if args.resume else None
     # planned once: the output's chunks, the journal and the computation all follow this plan
     min_tiles = _distributed().min_tiles(args.client) if args.client is not None else 1
@@ -185,7 +195,7 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
     meta = getattr(model, "fcnkit_meta", {}) or {}
     palette = meta.get("palette")
     if args.output == "overlay":
-        _write_overlay(model, image, target, plan, palette, args)
+        _write_overlay(model, image, target, plan, palette, args, identity)
         return
     chunks = tuple(_chunk(side // plan.stride) for side in plan.tile)
     kind = "labels" if output == "labels" else "image"
@@ -196,7 +206,7 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
     with create_output(target, plan.shape, plan.dtype, chunks=chunks, overwrite=args.overwrite, resume=args.resume,
                        kind=kind, palette=palette if kind == "labels" else None,
                        metadata={"source": source.name, "output": output, "class_names": meta.get("class_names")},
-                       plan_key=plan_key) as out, on_interrupt(lambda: _saved(out, plan, args)):
+                       plan_key=plan_key, identity=identity) as out, on_interrupt(lambda: _saved(out, plan, args)):
         _compute(model, image, out, plan, output, args)
     if not args.quiet:
         seconds = time.perf_counter() - started
@@ -204,6 +214,39 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
         print(f"{target}: {plan.shape[0]}×{plan.shape[1]} {output}, {len(plan.tiles)} tiles of "
               f"{plan.tile[0]}×{plan.tile[1]} (halo {plan.halo}, {plan.overhead:.2f}× work), "
               f"{megapixels / seconds:.2f} MP/s")
+
+
+_DIGESTS: dict[int, tuple[Any, str]] = {}
+
+
+def _model_digest(model: Any) -> str:
+    """A short digest of the model's spec, weights and (for ONNX and .pt2 models) file: which model computed an
+    output, so that --resume never mixes two models' tiles (once per model and command)."""
+    import hashlib
+    import json
+
+    import torch
+
+    cached = _DIGESTS.get(id(model))
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    digest = hashlib.blake2b(digest_size=8)
+    spec = getattr(model, "fcnkit_spec", None) or {"class": type(model).__name__}
+    digest.update(json.dumps(spec, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    if spec.get("format") in ("onnx", "pt2"):
+        digest.update(Path(spec["path"]).read_bytes())
+    _DIGESTS[id(model)] = (model, digest.hexdigest())
+    return _DIGESTS[id(model)][1]
+
+
+def _input_key(source: Path, image: Any) -> str:
+    """Which input an output was computed from: its name, the image's shape and dtype, and for a file its size in
+    bytes (a zarr store, a folder of many chunks, goes by name, shape and dtype)."""
+    size = f":{source.stat().st_size}" if source.is_file() else ""
+    return f"{source.name}{size}:{'x'.join(map(str, image.shape))}:{np.dtype(image.dtype).str}"
 
 
 def _saved(out: Any, plan: Any, args: argparse.Namespace) -> str:
@@ -274,7 +317,8 @@ def _previous_tile(target: Path) -> tuple[int, int] | None:
     return height, width
 
 
-def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any, args: argparse.Namespace) -> None:
+def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any, args: argparse.Namespace,
+                   identity: dict) -> None:
     """The image with each pixel's class colour blended in (50 %) and a legend strip below it (colour and name of
     each class shown), written as an RGB PNG or TIFF."""
     from fcnkit.data import voc_palette
@@ -299,7 +343,8 @@ def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any
     present = np.unique(labels).tolist()  # the legend lists the classes the picture shows
     legend = legend_strip(width, [(names[k] if k < len(names) else f"class {k}", colours[k]) for k in present])
     with create_output(target, (height + len(legend), width, 3), np.uint8, overwrite=args.overwrite or args.resume,
-                       kind="image", metadata={"class_names": names or None, "legend_rows": len(legend)}) as out:
+                       kind="image", metadata={"class_names": names or None, "legend_rows": len(legend),
+                                               "identity": identity}) as out:
         out[0:height, 0:width] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         out[height:, 0:width] = legend
     if not args.quiet:

@@ -108,6 +108,7 @@ def model_input(model: torch.nn.Module, image: Any, *, check_range: bool = True)
     raw = takes_0_255(model)
     conversion = conversion_for(channels=channels, dtype=image.dtype, wanted=expected_channels(model),
                                 scale_16_bit=scales_16_bit(model))
+    _check_pages(image, conversion)
     if check_range and raw:
         warn_on_range(image, stacklevel=4)
     return converted(image, conversion, range_checked=True)
@@ -119,8 +120,23 @@ def conversion_of(model: torch.nn.Module, image: Any) -> PixelConversion:
     model = _module(model)
     if model is None:
         return conversion_for(channels=channels, dtype=image.dtype, wanted=None, scale_16_bit=False)
-    return conversion_for(channels=channels, dtype=image.dtype, wanted=expected_channels(model),
-                          scale_16_bit=scales_16_bit(model))
+    conversion = conversion_for(channels=channels, dtype=image.dtype, wanted=expected_channels(model),
+                                scale_16_bit=scales_16_bit(model))
+    _check_pages(image, conversion)
+    return conversion
+
+
+def _check_pages(image: Any, conversion: PixelConversion) -> None:
+    """Refuse a stack of pages read as channels (a TIFF's generic 'I'/'Q' axis) when the conversion would drop one
+    of them as an "alpha" channel: two pages are two images, not grey and alpha."""
+    axis = getattr(image, "pages_as_channels", None)
+    if axis is None or conversion.same_channels or conversion.channels_in not in (2, 4):
+        return
+    n = conversion.channels_in
+    raise InputError(f"{getattr(image, 'source', 'image')}: expected one 2-D image, found a stack of {n} pages (axis "
+                     f"{axis}={n}), which would be read as the channels of one image ({conversion.notes()[0]}, page "
+                     f"{n} lost); save the page to predict as its own image, or write the channels as samples "
+                     f"(axis S).")
 
 
 def _module(model: Any) -> torch.nn.Module | None:

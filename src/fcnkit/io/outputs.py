@@ -66,6 +66,32 @@ def output_status(path: str | os.PathLike) -> str:
     return "complete" if path.exists() else "missing"
 
 
+def output_metadata(path: str | os.PathLike) -> dict | None:
+    """The ``metadata`` a finished output was stored with (PNG text, TIFF description, zarr attributes), or None if
+    it has none or cannot be read."""
+    import json
+
+    path = Path(path)
+    try:
+        fmt = output_format(path)
+        if fmt == "png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                text = image.text.get("fcnkit")  # type: ignore[attr-defined]
+            stored = json.loads(text) if text else None
+        elif fmt == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                stored = tif.shaped_metadata[0] if tif.shaped_metadata else None
+        else:
+            stored = zarr.open(str(path), mode="r").attrs.get("fcnkit")
+    except Exception:  # noqa: BLE001 - a file this cannot read has no metadata to compare; the caller decides
+        return None
+    return dict(stored) if isinstance(stored, dict) else None
+
+
 class Output:
     """An output being written window by window; ``close()`` finalises it into ``path``.
 
@@ -312,13 +338,16 @@ def create_output(
     palette: Any = None,
     metadata: dict | None = None,
     plan_key: str = "",
+    identity: dict | None = None,
 ) -> Output:
     """Create (or with ``resume=True`` reopen) an output to fill window by window, its format chosen by suffix.
 
     ``shape`` is (H, W) for labels or (H, W[, C]) for ``kind="image"`` (probabilities, logits); ``chunks`` the
     (rows, columns) of a storage chunk (default 512; TIFF tiles round up to a multiple of 16); ``palette`` (K, 3)
     uint8 colours for label PNG/TIFF/OME-Zarr; ``metadata`` JSON-able extras stored with the result; ``plan_key``
-    describes the tile plan, and a resumed output must have the same plan, shape and dtype.
+    describes the tile plan, and a resumed output must have the same plan, shape and dtype; ``identity`` (JSON-able,
+    e.g. which model and which input) must match too, and is stored with the finished output as
+    ``metadata["identity"]`` (:func:`output_metadata` reads it back).
 
     An existing target (or a partial one left by an interrupted run) is refused unless ``overwrite`` (start again;
     the old target is replaced only by ``close()``) or ``resume`` (continue; tiles in ``out.done`` are finished).
@@ -333,7 +362,10 @@ def create_output(
     fmt = output_format(path)
     dtype = np.dtype(dtype)
     shape = _check_request(path, fmt, shape, dtype, kind)
-    fingerprint = {"shape": list(shape), "dtype": dtype.str, "kind": kind, "output_format": fmt, "plan": plan_key}
+    fingerprint = {"shape": list(shape), "dtype": dtype.str, "kind": kind, "output_format": fmt, "plan": plan_key,
+                   **(identity or {})}
+    if identity:
+        metadata = {**(metadata or {}), "identity": identity}
     _prepare_folder(path.parent)
     lock = WriterLock.acquire(lock_path(path), target=f"output {path}")  # refuses a second run writing it
     options = {"shape": shape, "kind": kind, "palette": palette, "metadata": metadata, "lock": lock}
@@ -356,10 +388,11 @@ def _open(path: Path, fmt: str, dtype: np.dtype, fingerprint: dict, chunks: Any,
             return Output(path, fmt, _open_storage(partial, fmt), previous, **options)
         previous.close()
         if not overwrite:
-            was = {k: previous.fingerprint.get(k) for k in fingerprint}
+            keys = [k for k in {**previous.fingerprint, **fingerprint} if previous.fingerprint.get(k) != fingerprint.get(k)]
+            differs = ", ".join(f"{k} {previous.fingerprint.get(k)!r} (now {fingerprint.get(k)!r})" for k in keys)
             raise OutputError(
-                f"cannot resume {path}: the interrupted run had {was}, this run has {fingerprint}; "
-                "rerun with the same settings to resume, or pass --overwrite to start again"
+                f"cannot resume {path}: the interrupted run had {differs}; rerun with the same model, input and "
+                "settings to resume, or pass --overwrite to start again"
             )
     elif not overwrite and status == "partial" and not resume:
         raise OutputError(

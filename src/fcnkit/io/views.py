@@ -69,6 +69,9 @@ class ChannelsLastView:
         self._finalizer = weakref.finalize(self, closer) if closer is not None else None
         self.source = source
         channels = 1 if self._c is None else array.shape[self._c]
+        # the generic axis ('I', 'Q': a stack of pages) taken as the channels, if one was; a pixel conversion that
+        # would drop one of them as "alpha" refuses such an image (fcnkit.inference.inputs)
+        self.pages_as_channels = axes[self._c] if self._c is not None and axes[self._c] not in _CHANNEL else None
         self.shape = (array.shape[self._y], array.shape[self._x], channels)
         self.dtype = np.dtype(array.dtype)
         self.ndim = 3
