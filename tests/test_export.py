@@ -131,6 +131,14 @@ def test_export_refuses_a_model_that_freezes_its_size(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_opset_the_exporter_cannot_write_is_refused(tmp_path, capfd):
+    with pytest.raises(ModelError, match=r"ONNX export: expected opset 3, found the exporter wrote opset \d+ .*; "
+                                         r"leave --opset out or pass --opset \d+"):
+        export_onnx(PadNet().eval(), tmp_path / "old.onnx", opset=3)
+    assert list(tmp_path.iterdir()) == []
+    assert "Traceback" not in capfd.readouterr().err  # the converter's own traceback is not shown
+
+
 def test_existing_output_refused_without_overwrite(tmp_path):
     target = tmp_path / "m.onnx"
     target.write_bytes(b"keep me")

@@ -66,16 +66,19 @@ def _atomic_target(path: str | os.PathLike, *, overwrite: bool = True) -> Iterat
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's notes that do not concern fcnkit users (missing torchvision ops, tracer hints)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence the exporter's notes that do not concern fcnkit users (missing torchvision ops, tracer hints, the
+    traceback of a failed opset conversion, which fcnkit reports itself)."""
+    loggers = {logging.getLogger("torch.onnx"): logging.ERROR, logging.getLogger("onnxscript"): logging.CRITICAL}
+    levels = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in levels.items():
+            logger.setLevel(level)
 
 
 def _prepare(model: nn.Module, in_channels: int, sample_size) -> tuple[nn.Module, bool, tuple[int, int]]:
@@ -161,6 +164,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, in_channels: int =
                 f"{str(exc).strip().splitlines()[0][:300]}; keep the forward free of data-dependent Python control flow."
             ) from None
         program.save(str(tmp))
+        _check_opset(tmp, opset)
         _named_axes(tmp, ("batch", "channels", "height", "width") if dynamic else ("batch",))
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         run = lambda t: session.run(None, {INPUT_NAME: t.numpy()})[0]  # noqa: E731
@@ -169,6 +173,21 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, in_channels: int =
         same_size = dynamic and all(run(torch.zeros(1, in_channels, h, w)).shape[2:] == (h, w) for h, w in sizes)
         _describe_onnx(tmp, model, same_size=same_size)
     return worst
+
+
+def _check_opset(path: Path, opset: int | None) -> None:
+    """Refuse a file whose opset is not the one asked for: torch's exporter converts to an older opset only when it
+    can, and otherwise writes its own (18 or later) without an error."""
+    import onnx
+
+    if opset is None:
+        return
+    wrote = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                  if o.domain in ("", "ai.onnx")), None)
+    if wrote != opset:
+        raise ModelError(f"ONNX export: expected opset {opset}, found the exporter wrote opset {wrote} (it converts "
+                         f"to an older opset only where it can, and could not for this model); leave --opset out "
+                         f"or pass --opset {wrote}.")
 
 
 def _describe_onnx(path: Path, model: nn.Module, *, same_size: bool) -> None:
