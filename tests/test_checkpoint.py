@@ -210,3 +210,18 @@ def test_the_16_bit_rule_of_the_training_data_travels_with_the_model(tmp_path):
     with pytest.raises(CheckpointError, match=r"input_16_bit=\.\.\.\): expected one of scaled, kept, found 'raw'"):
         save_checkpoint(tmp_path / "c.pt", model=model, input_16_bit="raw")
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_a_torchscript_file_or_a_misnamed_program_is_named_for_what_it_is(tmp_path):
+    from fcnkit.export import export_program, export_torchscript
+
+    model = _tiny("encoder_decoder", num_classes=2).eval()
+    export_torchscript(model, tmp_path / "m.ts")
+    with pytest.raises(CheckpointError, match=r"m\.ts'.*\(it is a TorchScript file \(torch\.jit\.save\), which fcnkit "
+                                              r"does not load; pass the checkpoint it was exported from, or an \.onnx, "
+                                              r"\.pt2 or \.safetensors export of it\)"):
+        load_checkpoint(tmp_path / "m.ts")
+    export_program(model, tmp_path / "m.pt2")
+    (tmp_path / "m.pt2").rename(tmp_path / "program.pt")
+    with pytest.raises(CheckpointError, match=r"\(it is a torch\.export program; name it \.pt2 and pass it again\)"):
+        load_checkpoint(tmp_path / "program.pt")

@@ -98,3 +98,13 @@ def test_a_command_says_each_warning_once_as_one_line(tmp_path, capsys, monkeypa
     assert code == 0, err
     assert err.count(f"fcnkit: warning: {hardware.EMULATED_BF16}\n") == 1
     assert "UserWarning" not in err and "warnings.warn" not in err
+
+
+def test_a_reader_that_goes_away_ends_the_command_without_a_traceback():
+    """`fcnkit inspect --json | head`: the pipe closes before fcnkit writes; exit 141 (SIGPIPE's), no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "fcnkit", "inspect", "encoder_decoder", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err

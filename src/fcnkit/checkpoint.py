@@ -231,6 +231,25 @@ _SIGNATURES = (
 )
 
 
+def _other_archive(path: Path) -> str | None:
+    """What a zip file written by torch but not by torch.save is (a clause), else None: a TorchScript file
+    (``code/``, ``constants.pkl``) or a torch.export program (``archive_format``: pt2), which torch.load cannot
+    read as a checkpoint."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if any(n.partition("/")[2] == "archive_format" and archive.read(n).strip() == b"pt2" for n in names):
+                return "it is a torch.export program; name it .pt2 and pass it again"
+    except (zipfile.BadZipFile, OSError):
+        return None  # torch.load says what is wrong with it
+    if any(n.partition("/")[2] in ("constants.pkl", "code/") or "/code/" in n for n in names):
+        return ("it is a TorchScript file (torch.jit.save), which fcnkit does not load; pass the checkpoint it was "
+                "exported from, or an .onnx, .pt2 or .safetensors export of it")
+    return None
+
+
 def _not_torch(path: Path) -> str | None:
     """What ``path`` looks like (a clause) when its first bytes rule out a torch.save file, else None.
 
@@ -240,7 +259,9 @@ def _not_torch(path: Path) -> str | None:
     """
     with open(path, "rb") as f:
         head = f.read(64)
-    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+    if head.startswith(b"PK\x03\x04"):
+        return _other_archive(path)
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return None
     if not head:
         return "it is empty"

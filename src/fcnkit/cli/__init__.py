@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fcnkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fcnkit inspect --json | head`: the reader has gone, nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's final flush of stdout does not fail again
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, as a shell reports a command its pipe closed
 
 
 @contextlib.contextmanager

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     adapted = model_input(fcn, image)
     plan = plan_prediction(fcn, adapted, tile=args.tile, output="probs", device=device,
                            memory_limit=args.memory_limit)
-    probs = predict_tiled(fcn, adapted, plan=plan, output="probs", progress=not args.quiet)  # (H', W', K)
+    probs = predict_tiled(fcn, adapted, plan=plan, output="probs",
+                          progress=False if args.quiet else "fcnkit heatmap")  # (H', W', K)
     probs = torch.from_numpy(probs).permute(2, 0, 1)  # (K, H', W')
     names = names or [str(k) for k in range(probs.shape[0])]
     k = _class_index(args.class_, names, probs)

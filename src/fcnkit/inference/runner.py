@@ -144,7 +144,7 @@ def forward_batch(model: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: 
 
 
 def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[Tile], *, output: str, out: Any,
-             batch_size: int, device: torch.device, dtype: torch.dtype, journal: bool, progress: bool, stride: int,
+             batch_size: int, device: torch.device, dtype: torch.dtype, journal: bool, progress: bool | str, stride: int,
              skipped: int = 0) -> None:
     """Compute every tile of ``tiles`` and write its ``out`` region into ``out``; mark it done when ``journal``.
 
@@ -183,7 +183,9 @@ def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[T
                 out.mark_done(tile.id)  # only after its data is written: a kill before this redoes the tile
 
     reader, writer = _Worker(read, "fcnkit-read"), _Worker(write, "fcnkit-write")
-    bar = Progress("fcnkit predict", total=len(tiles) + skipped, initial=skipped, unit="tile") if progress else None
+    # progress: True, or the label to count tiles under (fcnkit heatmap runs this too)
+    label = progress if isinstance(progress, str) else "fcnkit predict"
+    bar = Progress(label, total=len(tiles) + skipped, initial=skipped, unit="tile") if progress else None
     done = skipped
     started, pixels = time.perf_counter(), 0
     with _FreedMemory(batches=len(batches)) as heap:

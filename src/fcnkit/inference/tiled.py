@@ -82,7 +82,7 @@ def predict(model: Model, image: Any, *, output: str = "logits", device: str | t
 def predict_tiled(model: Model, image: Any, *, tile: int | tuple[int, int] | None = None,
                   halo: int | None = None, output: str = "logits", out: Any = None, batch_size: int | None = None,
                   device: str | torch.device | None = None, memory_limit: int | str | None = None,
-                  progress: bool = False, allow_inexact: bool = False, precision: str | None = None,
+                  progress: bool | str = False, allow_inexact: bool = False, precision: str | None = None,
                   plan: TilePlan | None = None) -> Any:
     """Tile by tile inference that equals ``predict`` exactly, with memory bounded by the tile.
 
