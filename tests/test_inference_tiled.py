@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -229,3 +231,18 @@ def test_parse_memory():
     assert parse_memory(1000) == 1000
     with pytest.raises(InputError, match="must be a positive memory size"):
         parse_memory("0GB")
+
+
+def test_a_tile_small_next_to_the_halo_warns_with_the_work_it_costs():
+    from fcnkit.inference.tiled import TileOverheadWarning
+
+    model = fcnkit.build_model("encoder_decoder", num_classes=3, width=0.125).eval()  # halo 32
+    image = _image(120, 150)
+    with pytest.warns(TileOverheadWarning, match=r"tile 8x8 with the model's halo of 32 px computes \d+\.\dx the "
+                                                 r"image's pixels; a larger tile \(or none"):
+        plan = plan_prediction(model, image, tile=8)
+    assert plan.overhead > 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan_prediction(model, image)  # a tile the budget chose: no warning
+        plan_prediction(model, image, tile=200)  # one tile: no halo between tiles

@@ -10,6 +10,7 @@ run by :mod:`fcnkit.inference.runner`; the input checks and the pixel conversion
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +43,15 @@ from fcnkit.inference.shapes import (
     tile_size,
 )
 
-__all__ = ["Tile", "TilePlan", "expected_channels", "plan_prediction", "plan_tiles", "predict", "predict_tiled"]
+__all__ = ["Tile", "TileOverheadWarning", "TilePlan", "expected_channels", "plan_prediction", "plan_tiles", "predict", "predict_tiled"]
 
 Model = torch.nn.Module | InferenceModel
+# A given tile whose halo makes more than this many times the image's pixels is worth a warning
+HEAVY_OVERHEAD = 4.0
+
+
+class TileOverheadWarning(UserWarning):
+    """A tile given by the caller is so small next to the model's halo that most of the work is the halo."""
 
 
 def predict(model: Model, image: Any, *, output: str = "logits", device: str | torch.device | None = None,
@@ -209,6 +216,10 @@ def _plan(prepared: InferenceModel, image: Any, *, tile: Any, halo: int | None, 
     k = num_classes(prepared, channels, geometry)
     shape = (out_h, out_w) if output == "labels" else (out_h, out_w, k)
     computed = sum(t.padded[0] * t.padded[1] for t in tiles)
+    if tile is not None and len(tiles) > 1 and computed > HEAVY_OVERHEAD * height * width:
+        warnings.warn(f"tile {tile_hw[0]}x{tile_hw[1]} with the model's halo of {max(margins.lo, margins.hi)} px "
+                      f"computes {computed / (height * width):.1f}x the image's pixels; a larger tile (or none: "
+                      f"the memory budget chooses one) is faster.", TileOverheadWarning, stacklevel=3)
     return TilePlan(tiles=tiles, tile=tile_hw, batch_size=batch_size, shape=shape, dtype=output_dtype(output, k),
                     stride=margins.stride, halo=max(margins.lo, margins.hi), overhead=computed / (height * width),
                     image_shape=(height, width, channels), output=output, device=prepared.device,
