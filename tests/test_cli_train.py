@@ -135,3 +135,21 @@ def test_bad_model_options_and_class_weights_exit_2(tmp_path, capsys, argv, mess
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_patch_below_the_models_input_multiple_is_refused(tmp_path, capsys):
+    assert main(["train", "--model", "unet", "--data", "scenes:48", "--patch", "3", "--steps", "1", "--width",
+                 "0.0625", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err == ("fcnkit: error: patch: expected at least 16 px, the input multiple of unet, "
+                                       "found --patch 3; pass --patch 64 or larger.\n")
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert main(["train", "--model", "unet", "--data", "scenes:48", "--steps", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "steps: expected a positive integer, found 0; pass e.g. --steps 1 (steps=1 from Python)" in \
+        capsys.readouterr().err
+
+
+def test_a_transfer_model_without_a_backbone_says_it_starts_untrained(tmp_path, capsys):
+    assert main(["train", "--model", "fcn8s_on", "--data", "scenes:48", "--patch", "32", "--steps", "1",
+                 "--batch-size", "2", "--val-count", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert ("fcnkit: note: fcn8s_on without --backbone starts from an untrained digit_classifier (no transfer); "
+            "pass --backbone CLASSIFIER.pt") in capsys.readouterr().err

@@ -43,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{result['checkpoint']} on {result['data']} ({result['split']}, {result['images']} images)")
-    for key, label in (("pixel_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"),
+    unit = result["unit"] if result["images"] != 1 else result["unit"][:-1]
+    print(f"{result['checkpoint']} on {result['data']} ({result['split']}, {result['images']} {unit})")
+    accuracy = "window accuracy" if result["unit"] == "windows" else "pixel accuracy"
+    for key, label in (("pixel_accuracy", accuracy), ("mean_accuracy", "mean accuracy"),
                        ("mean_iu", "mean IU"), ("fw_iu", "frequency-weighted IU")):
         print(f"  {label:<22} {_fmt(result[key])} %")
     width = max(len("class"), *(len(n) for n in result["class_names"]))

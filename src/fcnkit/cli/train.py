@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"init-from {args.init_from}: copied every matching weight; new: "
               f"{', '.join(result.new_parameters) or '(none)'}")
     m = result.metrics or {}
-    print(f"step {result.step}: mean IU {m.get('mean_iu')}, pixel accuracy {m.get('pixel_accuracy')}; "
+    accuracy = "window accuracy" if result.kind == "classifier" else "pixel accuracy"
+    print(f"step {result.step}: mean IU {m.get('mean_iu')}, {accuracy} {m.get('pixel_accuracy')}; "
           f"best mean IU {result.best_mean_iu}; checkpoints in {result.out}")
     return 0

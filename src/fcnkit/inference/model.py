@@ -65,7 +65,8 @@ def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"device={device!r} is not a device; expected 'cpu', 'cuda' or 'cuda:K'.") from exc
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device={str(device)!r} but CUDA is not available here; pass device='cpu'.")
+        raise InputError(f"device={str(device)!r} but CUDA is not available here; pass --device cpu "
+                         f"(device='cpu' from Python).")
     if target.type == here.type and target.index is None:
         return here
     return target

@@ -242,5 +242,6 @@ def choose_tile(in_shape: tuple[int, int], out_shape: tuple[int, int], margins: 
     if best is None:
         smallest = ey[-1] * ex[-1] * batch_size * bytes_per_pixel / TILE_SHARE
         raise InputError(f"memory_limit={budget} bytes is too small for even the smallest tile of this model "
-                         f"(about {smallest / 2**20:.0f} MiB); raise memory_limit or pass tile= explicitly.")
+                         f"(about {smallest / 2**20:.0f} MiB); raise it (--memory-limit, memory_limit= from "
+                         f"Python) or give the tile (--tile, tile=).")
     return best

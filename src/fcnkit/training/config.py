@@ -64,7 +64,9 @@ def _positive(value: Any, name: str, kind: type = int) -> None:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
             or (kind is int and int(value) != value) or (isinstance(value, float) and not math.isfinite(value)):
         what = "a positive integer" if kind is int else "a positive number"
-        raise InputError(f"{name}: expected {what}, found {value!r}; pass e.g. {name}={1 if kind is int else 0.01}.")
+        example = 1 if kind is int else 0.01
+        raise InputError(f"{name}: expected {what}, found {value!r}; pass e.g. --{name.replace('_', '-')} {example} "
+                         f"({name}={example} from Python).")
 
 
 def check_config(cfg: TrainConfig) -> None:

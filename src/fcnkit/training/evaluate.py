@@ -104,7 +104,8 @@ def evaluate_checkpoint(
 ) -> dict:
     """Scores of a checkpoint on a dataset: dense models on whole images, classifiers on labelled windows.
 
-    Returns the four metrics, per-class ``iu``, ``class_names``, and ``images`` (how many images or windows).
+    Returns the four metrics, per-class ``iu``, ``class_names``, ``images`` (how many images or windows) and
+    ``unit`` ("images", or "windows" for a classifier, whose pixel accuracy is its window accuracy).
     """
     from fcnkit.loading import load_model  # --checkpoint: a .pt, a .safetensors export, an .onnx model or a .pt2
     from fcnkit.data import open_dataset
@@ -140,8 +141,8 @@ def evaluate_checkpoint(
         dataset = [dataset[i] for i in range(n)] if n < len(dataset) else dataset
         meter = evaluate_dense(model, dataset, num_classes=k, device=dev)
     names = model.fcnkit_meta.get("class_names") or [str(i) for i in range(k)]
-    return {"checkpoint": str(checkpoint), "data": data, "split": split, "images": n, **summary(meter),
-            "class_names": list(names)}
+    return {"checkpoint": str(checkpoint), "data": data, "split": split, "images": n,
+            "unit": "windows" if kind == "classifier" else "images", **summary(meter), "class_names": list(names)}
 
 
 def _log_odds(logits: torch.Tensor) -> torch.Tensor:

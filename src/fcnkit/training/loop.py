@@ -38,8 +38,8 @@ from fcnkit.losses import pixel_cross_entropy
 from fcnkit.training.config import TrainConfig, check_config, progress_mode
 from fcnkit.training.precision import autocast_dtype
 from fcnkit.progress import Progress
-from fcnkit.training.setup import (Batches, add_windows, build_optimizer, class_weights, init_from_checkpoint,
-                                   open_data, resume_model_options, transfer_model)
+from fcnkit.training.setup import (Batches, add_windows, build_optimizer, check_patch_multiple, class_weights,
+                                   init_from_checkpoint, open_data, resume_model_options, transfer_model)
 from fcnkit.signals import Interrupted, on_interrupt, requested_signal, stop_requested
 
 
@@ -56,6 +56,7 @@ class TrainResult:
     best_checkpoint: Path | None
     new_parameters: list[str] = field(default_factory=list)
     is_main: bool = True  # False on DDP ranks other than 0, which write nothing
+    kind: str = "dense"  # the model's output kind: "classifier" runs score windows (pixel accuracy = window accuracy)
 
 
 def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
@@ -173,9 +174,16 @@ class _Run:
             from fcnkit.models import build_model
 
             self.model = build_model(cfg.model, num_classes=self.num_classes, **options)
+            if cfg.model.endswith("_on") and resume_from is None and dist.is_main and not cfg.quiet:
+                print(f"fcnkit: note: {cfg.model} without --backbone starts from an untrained "
+                      f"{self.model.fcnkit_spec['options'].get('backbone', 'classifier')} (no transfer); pass "
+                      f"--backbone CLASSIFIER.pt for the FCN paper's transfer from a trained classifier.",
+                      file=sys.stderr)
         self.kind = check_kind(self.model, f"model {cfg.model!r}")
         if self.kind == "classifier":
             add_windows(self.data, cfg, int(getattr(self.model, "input_size", (cfg.patch,))[0]))
+        else:
+            check_patch_multiple(self.model, cfg)
         self.new_parameters: list[str] = []
         if cfg.init_from:
             self.new_parameters = init_from_checkpoint(self.model, cfg.init_from)
@@ -336,7 +344,7 @@ class _Run:
         return TrainResult(out=self.out, step=self.step, losses=losses, metrics=metrics,
                            best_mean_iu=None if self.best == -math.inf else self.best,
                            last_checkpoint=self.out / "last.pt", best_checkpoint=best if best.exists() else None,
-                           new_parameters=self.new_parameters, is_main=self.dist.is_main)
+                           new_parameters=self.new_parameters, is_main=self.dist.is_main, kind=self.kind)
 
     def _evaluate_and_log(self) -> dict:
         metrics = self._evaluate()

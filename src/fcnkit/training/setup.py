@@ -118,6 +118,17 @@ def _check_patch_fits(train: Any, patch: int, probe: int = 16) -> None:
                         f"or smaller.")
 
 
+def check_patch_multiple(model: Any, cfg: TrainConfig) -> None:
+    """Refuse patches smaller than the model's input multiple: the model would pad every patch up to it, so most of
+    what it trains on would be padding (unet's multiple is 16: --patch 3 trained on 3x3 patches padded to 16x16)."""
+    from fcnkit.geometry import analyze
+
+    multiple = int(analyze(model).input_multiple)
+    if cfg.patch < multiple:
+        raise InputError(f"patch: expected at least {multiple} px, the input multiple of {cfg.model}, found --patch "
+                         f"{cfg.patch}; pass --patch {max(64, multiple)} or larger.")
+
+
 def add_windows(data: TrainData, cfg: TrainConfig, size: int) -> None:
     """Give a classifier run its labelled ``size``×``size`` training and validation windows."""
     if str(cfg.data).partition(":")[0] != "scenes":
