@@ -380,3 +380,15 @@ def test_a_pt2_model_is_neither_a_checkpoint_nor_safetensors(pt2, tmp_path):
     with pytest.raises(fcnkit.errors.ModelError, match=r"found a torch\.export program .*; it is exported already, "
                                                        r"use the \.pt2 file itself"):
         export_safetensors(model, tmp_path / "x.safetensors")
+
+
+def test_an_exported_window_classifier_is_a_classifier_and_says_how_to_run_it_on_images(tmp_path):
+    model = fcnkit.build_model("digit_classifier", num_classes=4, width=0.25).eval()
+    onnx_model = load_model(_export(model, tmp_path / "windows.onnx"))
+    assert onnx_model.output_kind == "classifier" and onnx_model.input_size == (32, 32)
+    x = torch.rand(5, 3, 32, 32) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_model(x), model(x), atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match=r"takes only 32x32 inputs, got 64x64; it classifies windows of that size: "
+                                         r"convolutionalize the classifier it was exported from \(`fcnkit convert`\)"):
+        onnx_model(torch.rand(1, 3, 64, 64))

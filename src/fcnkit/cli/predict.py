@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file for one input (its suffix picks the format: .png, .zarr, .ome.zarr, .tif), "
                              f"or a folder for several inputs; in a folder each input gets {FOLDER_RULE}")
     parser.add_argument("--output", choices=OUTPUTS, default="labels",
-                        help="labels (default), probs or logits (float32 per class), overlay (PNG of image + colours)")
+                        help="labels (default), probs or logits (float32 per class), overlay (the image with its class "
+                             "colours and a legend, as RGB PNG, TIFF or OME-Zarr)")
     parser.add_argument("--format", dest="suffix", metavar="SUFFIX",
                         help="suffix of every output in an --out folder: .png, .zarr, .ome.zarr or .tif "
                              "(default: per input, see --out)")

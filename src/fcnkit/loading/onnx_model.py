@@ -68,6 +68,8 @@ class OnnxModel(nn.Module):
         self.in_channels = channels
         self.input_size = (height, width) if height and width else None
         out_shape = self._session.get_outputs()[0].shape
+        if len(out_shape) == 2 and self.input_size is not None:
+            self.output_kind = "classifier"  # (N, K) scores of fixed-size windows
         k = _dim(out_shape[1]) if len(out_shape) >= 2 else None
         if k is None:
             side = self.input_size or (64, 64)
@@ -107,9 +109,11 @@ class OnnxModel(nn.Module):
                              f"channels.")
         if self.input_size is not None and tuple(x.shape[2:]) != self.input_size:
             h, w = self.input_size
+            fix = ("it classifies windows of that size: convolutionalize the classifier it was exported from "
+                   "(`fcnkit convert`) and export the FCN" if self.output_kind == "classifier" else
+                   "export it with dynamic height and width (e.g. `fcnkit export --format onnx`)")
             raise InputError(f"ONNX model '{self.path.name}': the graph takes only {h}x{w} inputs, got "
-                             f"{x.shape[2]}x{x.shape[3]}; export it with dynamic height and width (e.g. "
-                             f"`fcnkit export --format onnx`) to run it on other sizes.")
+                             f"{x.shape[2]}x{x.shape[3]}; {fix} to run it on other sizes.")
         if x.is_meta or type(x).__name__ == "FakeTensor":
             raise InputError(f"ONNX model '{self.path.name}': onnxruntime needs real data, got a shape-only tensor.")
         data = x.detach().to("cpu", torch.float32).numpy().astype(self._input_dtype, copy=False)
