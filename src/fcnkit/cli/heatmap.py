@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the PNG to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--class", dest="class_", metavar="K",
-                        help="class index or name (default: the class with the highest probability anywhere, "
-                             "other than 'background')")
+                        help="class name, or index when no name matches (so on the digit scenes --class 7 is the "
+                             "digit 7, index 8; default: the class with the highest probability anywhere, other "
+                             "than 'background')")
     parser.add_argument("--tile", type=int, help="tile side in pixels (default: the largest that fits in memory)")
     parser.add_argument("--memory-limit", help="memory for the tiles, e.g. 4GB (default: half of the available memory)")
     parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available, else cpu)")
