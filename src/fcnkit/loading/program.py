@@ -3,6 +3,7 @@ file."""
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,14 @@ class ExportedModel(nn.Module):
         # The program keeps the mode it was exported in (eval): torch.export modules refuse train()/eval().
         self.training = bool(mode)
         return self
+
+    def __deepcopy__(self, memo: dict) -> ExportedModel:
+        # A copy in memory (inference prepares one per call): every attribute copied, the file not read again, as
+        # pickling (below) would.
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return clone
 
     def __getstate__(self) -> dict:
         # What a dask worker receives: the file's bytes (the program) and the weights as they are now (cast or
