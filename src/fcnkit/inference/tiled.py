@@ -46,7 +46,8 @@ from fcnkit.inference.shapes import (
 __all__ = ["Tile", "TileOverheadWarning", "TilePlan", "expected_channels", "plan_prediction", "plan_tiles", "predict", "predict_tiled"]
 
 Model = torch.nn.Module | InferenceModel
-# A given tile whose halo makes more than this many times the image's pixels is worth a warning
+# A given tile smaller than the model's halo whose halo makes more than this many times the image's pixels is worth
+# a warning
 HEAVY_OVERHEAD = 4.0
 
 
@@ -216,8 +217,9 @@ def _plan(prepared: InferenceModel, image: Any, *, tile: Any, halo: int | None, 
     k = num_classes(prepared, channels, geometry)
     shape = (out_h, out_w) if output == "labels" else (out_h, out_w, k)
     computed = sum(t.padded[0] * t.padded[1] for t in tiles)
-    if tile is not None and len(tiles) > 1 and computed > HEAVY_OVERHEAD * height * width:
-        warnings.warn(f"tile {tile_hw[0]}x{tile_hw[1]} with the model's halo of {max(margins.lo, margins.hi)} px "
+    halo_px = max(margins.lo, margins.hi)
+    if tile is not None and len(tiles) > 1 and min(tile_hw) < halo_px and computed > HEAVY_OVERHEAD * height * width:
+        warnings.warn(f"tile {tile_hw[0]}x{tile_hw[1]} with the model's halo of {halo_px} px "
                       f"computes {computed / (height * width):.1f}x the image's pixels; a larger tile (or none: "
                       f"the memory budget chooses one) is faster.", TileOverheadWarning, stacklevel=3)
     return TilePlan(tiles=tiles, tile=tile_hw, batch_size=batch_size, shape=shape, dtype=output_dtype(output, k),
