@@ -71,7 +71,8 @@ def test_choice_is_the_least_work_of_every_fitting_tile(shape, margins, pixels, 
 
 def test_too_small_a_budget_names_the_smallest_tile():
     with pytest.raises(InputError, match=r"memory_limit=100 bytes is too small for even the smallest tile of this "
-                                         r"model \(about \d+ MiB\); raise memory_limit or pass tile= explicitly"):
+                                         r"model \(about \d+ MiB\); raise it \(--memory-limit, memory_limit= from "
+                                         r"Python\) or give the tile \(--tile, tile=\)"):
         choose_tile((4096, 4096), (4096, 4096), SAME, bytes_per_pixel=1600.0, budget=100, batch_size=1)
 
 

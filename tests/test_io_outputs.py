@@ -16,7 +16,8 @@ from ome_check import check_ome_zarr
 
 from fcnkit.errors import OutputError
 from fcnkit.io import create_output, open_image, output_status, read_image
-from fcnkit.io.outputs import Output, output_metadata
+from fcnkit.io.outputs import Output
+from fcnkit.io.reading import output_metadata
 
 LABELS = (np.arange(90 * 70) * 7 % 11).astype(np.uint8).reshape(90, 70)
 TILES = [(y, x) for y in range(0, 90, 25) for x in range(0, 70, 30)]  # 25x30 tiles, never chunk-aligned

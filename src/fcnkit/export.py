@@ -164,8 +164,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, in_channels: int =
                 f"{str(exc).strip().splitlines()[0][:300]}; keep the forward free of data-dependent Python control flow."
             ) from None
         program.save(str(tmp))
-        _check_opset(tmp, opset)
-        _named_axes(tmp, ("batch", "channels", "height", "width") if dynamic else ("batch",))
+        _named_axes(tmp, ("batch", "channels", "height", "width") if dynamic else ("batch",), opset)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         run = lambda t: session.run(None, {INPUT_NAME: t.numpy()})[0]  # noqa: E731
         sizes = _probe_sizes(size, dynamic)
@@ -173,21 +172,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, in_channels: int =
         same_size = dynamic and all(run(torch.zeros(1, in_channels, h, w)).shape[2:] == (h, w) for h, w in sizes)
         _describe_onnx(tmp, model, same_size=same_size)
     return worst
-
-
-def _check_opset(path: Path, opset: int | None) -> None:
-    """Refuse a file whose opset is not the one asked for: torch's exporter converts to an older opset only when it
-    can, and otherwise writes its own (18 or later) without an error."""
-    import onnx
-
-    if opset is None:
-        return
-    wrote = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
-                  if o.domain in ("", "ai.onnx")), None)
-    if wrote != opset:
-        raise ModelError(f"ONNX export: expected opset {opset}, found the exporter wrote opset {wrote} (it converts "
-                         f"to an older opset only where it can, and could not for this model); leave --opset out "
-                         f"or pass --opset {wrote}.")
 
 
 def _describe_onnx(path: Path, model: nn.Module, *, same_size: bool) -> None:
@@ -200,24 +184,33 @@ def _describe_onnx(path: Path, model: nn.Module, *, same_size: bool) -> None:
     if same_size:
         for dim, name in zip(proto.graph.output[0].type.tensor_type.shape.dim[2:], ("height", "width")):
             dim.dim_param = name
-    meta = getattr(model, "fcnkit_meta", None) or {}
-    palette = meta.get("palette")
-    props = {
-        "fcnkit.input": INPUT_CONVENTION,
-        "fcnkit.class_names": json.dumps(meta.get("class_names")),
-        "fcnkit.palette": json.dumps(np.asarray(palette).tolist() if palette is not None else None),
-        "fcnkit.model": json.dumps(getattr(model, "fcnkit_spec", None)),
-    }
+    props = {"fcnkit.input": INPUT_CONVENTION, **{f"fcnkit.{k}": json.dumps(v) for k, v in _described(model).items()}}
     onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(path))
 
 
-def _named_axes(path: Path, names: tuple[str, ...]) -> None:
+def _described(model: nn.Module) -> dict:
+    """What an exported file says of its model beyond the weights (JSON-able): the model spec, class names, palette
+    and how its training data made 16-bit pixels 0-255 values."""
+    meta = getattr(model, "fcnkit_meta", None) or {}
+    palette = meta.get("palette")
+    return {"model": getattr(model, "fcnkit_spec", None), "class_names": meta.get("class_names"),
+            "palette": np.asarray(palette).tolist() if palette is not None else None,
+            "input_16_bit": meta.get("input_16_bit", "scaled")}
+
+
+def _named_axes(path: Path, names: tuple[str, ...], opset: int | None) -> None:
     """Rename the exporter's symbolic dimensions (``s77``) of the input to ``batch``/``height``/``width`` in the whole
-    graph, and refuse the file if one of them was frozen to a number."""
+    graph, and refuse the file if one of them was frozen to a number, or if it is not in the ``opset`` asked for
+    (torch's exporter converts to an older opset only where it can, and otherwise writes its own without an error)."""
     import onnx
 
     proto = onnx.load(str(path))
+    wrote = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and wrote != opset:
+        raise ModelError(f"ONNX export: expected opset {opset}, found the exporter wrote opset {wrote} (it converts "
+                         f"to an older opset only where it can, and could not for this model); leave --opset out "
+                         f"or pass --opset {wrote}.")
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     rename = {}
     for dim, name in zip(dims, names):
@@ -273,18 +266,9 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, in_channels: in
 
     model, dynamic, size = _prepare(model, in_channels, sample_size)
     program = _exported_program(model, in_channels, size, dynamic)
-    meta = getattr(model, "fcnkit_meta", None) or {}
-    palette = meta.get("palette")
-    extra = json.dumps({
-        "format": PT2_FORMAT, "version": PT2_VERSION, "input": INPUT_CONVENTION,
-        "output_kind": getattr(model, "output_kind", "dense"),
-        "input_size": None if dynamic else list(size),
-        "model": getattr(model, "fcnkit_spec", None),
-        "class_names": meta.get("class_names"),
-        "palette": np.asarray(palette).tolist() if palette is not None else None,
-        "input_16_bit": meta.get("input_16_bit", "scaled"),
-        "takes_0_255": takes_0_255(model),
-    })
+    extra = json.dumps({"format": PT2_FORMAT, "version": PT2_VERSION, "input": INPUT_CONVENTION,
+                        "output_kind": getattr(model, "output_kind", "dense"), "input_size": None if dynamic else
+                        list(size), "takes_0_255": takes_0_255(model), **_described(model)})
     with _atomic_target(path, overwrite=overwrite) as tmp, _quiet_exporter():
         # through file objects: torch takes a path only if it ends in .pt2, and the temporary name does not
         with open(tmp, "wb") as f:
@@ -336,16 +320,10 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike, *, overwrite: 
         kind = "an ONNX model" if spec["format"] == "onnx" else "a torch.export program"
         raise ModelError(f"safetensors export: expected a PyTorch model, found {kind} (from "
                          f"'{spec.get('path')}'); it is exported already, use the .{spec['format']} file itself.")
-    meta = getattr(model, "fcnkit_meta", None) or {}
-    palette = meta.get("palette")
-    header = {
-        "format": SAFETENSORS_FORMAT,
-        "version": SAFETENSORS_VERSION,
-        "model": json.dumps(spec),
-        "class_names": json.dumps(meta.get("class_names")),
-        "palette": json.dumps(np.asarray(palette).tolist() if palette is not None else None),
-        "input_16_bit": meta.get("input_16_bit", "scaled"),
-    }
+    described = _described(model)
+    header = {"format": SAFETENSORS_FORMAT, "version": SAFETENSORS_VERSION,
+              **{k: json.dumps(described[k]) for k in ("model", "class_names", "palette")},
+              "input_16_bit": described["input_16_bit"]}
     # safetensors refuses tensors that share memory (tied weights, views): store an independent copy of each.
     inner = getattr(model, "module", model)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in inner.state_dict().items()}

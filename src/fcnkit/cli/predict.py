@@ -170,7 +170,7 @@ def _is_store(path: Path) -> bool:
 def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespace) -> None:
     from fcnkit.errors import OutputError
     from fcnkit.io import create_output, open_image, output_status
-    from fcnkit.io.outputs import output_metadata
+    from fcnkit.io.reading import output_metadata
     from fcnkit.inference.tiled import plan_prediction
     from fcnkit.signals import on_interrupt
 

@@ -66,32 +66,6 @@ def output_status(path: str | os.PathLike) -> str:
     return "complete" if path.exists() else "missing"
 
 
-def output_metadata(path: str | os.PathLike) -> dict | None:
-    """The ``metadata`` a finished output was stored with (PNG text, TIFF description, zarr attributes), or None if
-    it has none or cannot be read."""
-    import json
-
-    path = Path(path)
-    try:
-        fmt = output_format(path)
-        if fmt == "png":
-            from PIL import Image
-
-            with Image.open(path) as image:
-                text = image.text.get("fcnkit")  # type: ignore[attr-defined]
-            stored = json.loads(text) if text else None
-        elif fmt == "tiff":
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                stored = tif.shaped_metadata[0] if tif.shaped_metadata else None
-        else:
-            stored = zarr.open(str(path), mode="r").attrs.get("fcnkit")
-    except Exception:  # noqa: BLE001 - a file this cannot read has no metadata to compare; the caller decides
-        return None
-    return dict(stored) if isinstance(stored, dict) else None
-
-
 class Output:
     """An output being written window by window; ``close()`` finalises it into ``path``.
 
@@ -347,7 +321,7 @@ def create_output(
     uint8 colours for label PNG/TIFF/OME-Zarr; ``metadata`` JSON-able extras stored with the result; ``plan_key``
     describes the tile plan, and a resumed output must have the same plan, shape and dtype; ``identity`` (JSON-able,
     e.g. which model and which input) must match too, and is stored with the finished output as
-    ``metadata["identity"]`` (:func:`output_metadata` reads it back).
+    ``metadata["identity"]`` (:func:`fcnkit.io.reading.output_metadata` reads it back).
 
     An existing target (or a partial one left by an interrupted run) is refused unless ``overwrite`` (start again;
     the old target is replaced only by ``close()``) or ``resume`` (continue; tiles in ``out.done`` are finished).

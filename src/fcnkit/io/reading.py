@@ -1,4 +1,5 @@
-"""Opening any image fcnkit reads, by its suffix: ``open_image`` for inference, ``read_image`` for datasets.
+"""Opening any image fcnkit reads, by its suffix: ``open_image`` for inference, ``read_image`` for datasets, and
+``output_metadata``, what an output fcnkit wrote records (which model and input computed it).
 
 PNG/JPEG go through Pillow (:mod:`fcnkit.io.images`), TIFF/BigTIFF through tifffile (:mod:`fcnkit.io.tiff`), zarr
 and OME-Zarr through zarr (:mod:`fcnkit.io.zarr_arrays`); pixel values follow :mod:`fcnkit.io.pixels`.
@@ -80,3 +81,33 @@ def read_image(path: str | os.PathLike, *, mode: str = "rgb") -> np.ndarray:
     if hasattr(view, "close"):
         view.close()
     return rgb_from_array(array, source) if mode == "rgb" else label_from_array(array, source)
+
+
+def output_metadata(path: str | os.PathLike) -> dict | None:
+    """The ``metadata`` a finished output was stored with (PNG text, TIFF description, zarr attributes), or None if
+    it has none or cannot be read."""
+    import json
+
+    from fcnkit.io.outputs import output_format
+
+    path = Path(path)
+    try:
+        fmt = output_format(path)
+        if fmt == "png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                text = image.text.get("fcnkit")  # type: ignore[attr-defined]
+            stored = json.loads(text) if text else None
+        elif fmt == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                stored = tif.shaped_metadata[0] if tif.shaped_metadata else None
+        else:
+            import zarr
+
+            stored = zarr.open(str(path), mode="r").attrs.get("fcnkit")
+    except Exception:  # noqa: BLE001 - a file this cannot read has no metadata to compare; the caller decides
+        return None
+    return dict(stored) if isinstance(stored, dict) else None
