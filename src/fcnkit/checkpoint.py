@@ -107,8 +107,9 @@ def save_checkpoint(
     The file is written to a temporary file in the same folder, flushed, fsynced and renamed over ``path``, so a
     kill at any moment leaves either the old checkpoint or the new one, never a broken file. ``palette`` is a
     (K, 3) array-like of uint8 colours. ``rng`` is :func:`capture_rng`'s dict. ``input_16_bit``: how the training
-    data made 16-bit pixels 0-255 values ("scaled" by /257, or "kept" as stored; inference does the same). A folder that cannot be created or
-    written (a regular file in the path, no permission) raises :class:`OutputError` naming it.
+    data made 16-bit pixels 0-255 values ("scaled" by /257, or "kept" as stored; inference does the same). A
+    folder that cannot be created or written (a regular file in the path, no permission) raises
+    :class:`OutputError` naming it.
     """
     spec = getattr(model, "fcnkit_spec", None)
     if spec is None:

@@ -1,9 +1,9 @@
 """Export a model to ONNX, TorchScript, a torch.export program (``.pt2``) or safetensors, and read safetensors back.
 
 ONNX, TorchScript and ``.pt2`` files take any batch size, height and width (for dense and heat-map models; a
-fixed-window classifier keeps its window size). Both are checked before they are written: the exported model must equal the
-PyTorch model at a size other than the one it was exported at (max |difference| within ``TOLERANCE``), so a file that
-silently froze the padding arithmetic of one size is never handed out.
+fixed-window classifier keeps its window size). All three are checked before they are written: the exported model
+must equal the PyTorch model at sizes other than the one it was exported at (max |difference| within
+``TOLERANCE``), so a file that silently froze the padding arithmetic of one size is never handed out.
 
 safetensors holds the weights only (no pickle, no code) and, in its metadata header, the JSON model spec from
 ``model.fcnkit_spec`` so :func:`load_safetensors` can rebuild the model.

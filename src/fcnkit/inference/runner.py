@@ -144,8 +144,8 @@ def forward_batch(model: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: 
 
 
 def run_plan(model: Callable[[torch.Tensor], Any], image: Any, tiles: Sequence[Tile], *, output: str, out: Any,
-             batch_size: int, device: torch.device, dtype: torch.dtype, journal: bool, progress: bool | str, stride: int,
-             skipped: int = 0) -> None:
+             batch_size: int, device: torch.device, dtype: torch.dtype, journal: bool, progress: bool | str,
+             stride: int, skipped: int = 0) -> None:
     """Compute every tile of ``tiles`` and write its ``out`` region into ``out``; mark it done when ``journal``.
 
     ``skipped``: tiles done by an earlier run, counted in the progress bar only.

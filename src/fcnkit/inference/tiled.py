@@ -43,7 +43,8 @@ from fcnkit.inference.shapes import (
     tile_size,
 )
 
-__all__ = ["Tile", "TileOverheadWarning", "TilePlan", "expected_channels", "plan_prediction", "plan_tiles", "predict", "predict_tiled"]
+__all__ = ["Tile", "TileOverheadWarning", "TilePlan", "expected_channels", "plan_prediction", "plan_tiles", "predict",
+           "predict_tiled"]
 
 Model = torch.nn.Module | InferenceModel
 # A given tile smaller than the model's halo whose halo makes more than this many times the image's pixels is worth

@@ -362,7 +362,8 @@ def _open(path: Path, fmt: str, dtype: np.dtype, fingerprint: dict, chunks: Any,
             return Output(path, fmt, _open_storage(partial, fmt), previous, **options)
         previous.close()
         if not overwrite:
-            keys = [k for k in {**previous.fingerprint, **fingerprint} if previous.fingerprint.get(k) != fingerprint.get(k)]
+            keys = [k for k in {**previous.fingerprint, **fingerprint}
+                    if previous.fingerprint.get(k) != fingerprint.get(k)]
             differs = ", ".join(f"{k} {previous.fingerprint.get(k)!r} (now {fingerprint.get(k)!r})" for k in keys)
             raise OutputError(
                 f"cannot resume {path}: the interrupted run had {differs}; rerun with the same model, input and "

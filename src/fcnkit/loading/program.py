@@ -157,7 +157,8 @@ def _open_program(source: Any, path: Path) -> tuple[Any, dict]:
         program = torch.export.load(source if hasattr(source, "read") else str(source), extra_files=extra)
     except Exception as exc:  # the loader reports a damaged or foreign archive as several exception types
         raise CheckpointError(f"torch.export program '{path}': expected a file written by torch.export.save, found "
-                              f"one torch cannot load ({type(exc).__name__}: {_first(exc)}); export it again.") from None
+                              f"one torch cannot load ({type(exc).__name__}: {_first(exc)}); export it "
+                              f"again.") from None
     try:
         meta = json.loads(extra[PT2_META]) if extra[PT2_META] else {}
     except json.JSONDecodeError:
