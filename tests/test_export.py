@@ -131,6 +131,18 @@ def test_export_refuses_a_model_that_freezes_its_size(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_forward_that_branches_on_values_is_refused_by_name(tmp_path):
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x  # data-dependent control flow: no single graph
+
+    with pytest.raises(ModelError, match=r"torch\.export of Branchy: expected a model torch\.export can trace with "
+                                         r"dynamic batch, height and width, found .*; keep the forward free of "
+                                         r"data-dependent Python control flow"):
+        export_program(Branchy(), tmp_path / "b.pt2", sample_size=(8, 8))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_opset_the_exporter_cannot_write_is_refused(tmp_path, capfd):
     with pytest.raises(ModelError, match=r"ONNX export: expected opset 3, found the exporter wrote opset \d+ .*; "
                                          r"leave --opset out or pass --opset \d+"):

@@ -148,21 +148,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, in_channels: int =
     # Dim.AUTO, not named Dims: the solver cannot state the facts that padding to a multiple implies (Hp/32*2 ==
     # Hp/16) as constraints on a named Dim and fails; AUTO accepts them. Whatever it froze, _named_axes and
     # _check_close catch.
-    auto = torch.export.Dim.AUTO
-    axes = {0: auto, 2: auto, 3: auto} if dynamic else {0: auto}
-    # A batch of 2 at export time: torch.export specialises dimensions it sees as 0 or 1.
-    x = torch.zeros(2, in_channels, *size)
+    axes, x = _dynamic_input(in_channels, size, dynamic)
     with _atomic_target(path, overwrite=overwrite) as tmp, _quiet_exporter():
         try:
             program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=(axes,),
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                         opset_version=opset, external_data=False, verbose=False)
         except Exception as exc:  # torch.export reports unsupported code as many different exception types
-            raise ModelError(
-                f"ONNX export of {type(model).__name__}: expected a model torch.export can trace with dynamic "
-                f"{'batch, height and width' if dynamic else 'batch'}, found {type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0][:300]}; keep the forward free of data-dependent Python control flow."
-            ) from None
+            raise _untraceable("ONNX export", model, dynamic, exc) from None
         program.save(str(tmp))
         _named_axes(tmp, ("batch", "channels", "height", "width") if dynamic else ("batch",), opset)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
@@ -290,18 +283,26 @@ def _exported_program(model: nn.Module, in_channels: int, size: tuple[int, int],
     does."""
     from torch.fx.experimental import _config as symbolic_config
 
-    auto = torch.export.Dim.AUTO
-    axes = {0: auto, 2: auto, 3: auto} if dynamic else {0: auto}
-    x = torch.zeros(2, in_channels, *size)  # a batch of 2: the exporter specialises a dimension it sees as 1
+    axes, x = _dynamic_input(in_channels, size, dynamic)
     try:
         with _quiet_exporter(), symbolic_config.patch(backed_size_oblivious=True):
             return torch.export.export(model, (x,), dynamic_shapes=(axes,))
     except Exception as exc:  # torch.export reports unsupported code as many different exception types
-        raise ModelError(
-            f"torch.export of {type(model).__name__}: expected a model torch.export can trace with dynamic "
-            f"{'batch, height and width' if dynamic else 'batch'}, found {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0][:300]}; keep the forward free of data-dependent Python control flow."
-        ) from None
+        raise _untraceable("torch.export", model, dynamic, exc) from None
+
+
+def _dynamic_input(in_channels: int, size: tuple[int, int], dynamic: bool) -> tuple[dict, torch.Tensor]:
+    """The dynamic axes (batch, and height and width when ``dynamic``) and the example input to export with: a
+    batch of 2, since the exporter specialises a dimension it sees as 0 or 1."""
+    auto = torch.export.Dim.AUTO
+    return ({0: auto, 2: auto, 3: auto} if dynamic else {0: auto}), torch.zeros(2, in_channels, *size)
+
+
+def _untraceable(what: str, model: nn.Module, dynamic: bool, exc: Exception) -> ModelError:
+    return ModelError(f"{what} of {type(model).__name__}: expected a model torch.export can trace with dynamic "
+                      f"{'batch, height and width' if dynamic else 'batch'}, found {type(exc).__name__}: "
+                      f"{str(exc).strip().splitlines()[0][:300]}; keep the forward free of data-dependent Python "
+                      f"control flow.")
 
 
 def export_safetensors(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
