@@ -130,13 +130,18 @@ def test_onnx_zoo_model_tiles_exactly_like_the_whole_image(zoo):
     assert geometry.local and geometry.method == "probed" and geometry.input_multiple == 8
     # MaxPool runs as AveragePool in the probes: onnxruntime's MaxPool drops most NaNs, the stand-in drops none,
     # so the measured radius is the torch model's own
+    _tiles_like_the_torch_model(onnx_model, model, geometry)
+
+
+def _tiles_like_the_torch_model(loaded: nn.Module, model: nn.Module, geometry) -> None:
+    """A model loaded from a file measures the torch model's reach, and tiled, whole, dask and the torch model agree."""
     assert geometry.receptive_field == 1 + 2 * probe_radius(model)
     image = _image(75, 133)
-    whole = fcnkit.predict(onnx_model, image)
-    tiled = fcnkit.predict_tiled(onnx_model, image, tile=16)  # many tiles, the halo reaches across several
+    whole = fcnkit.predict(loaded, image)
+    tiled = fcnkit.predict_tiled(loaded, image, tile=16)  # many tiles, the halo reaches across several
     np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
     np.testing.assert_allclose(whole, fcnkit.predict(model, image), atol=1e-4, rtol=0)
-    labels = fcnkit.distributed.predict_dask(onnx_model, image, output="labels", chunk=32).compute()
+    labels = fcnkit.distributed.predict_dask(loaded, image, output="labels", chunk=32).compute()
     assert np.array_equal(labels, whole.argmax(2))
 
 
@@ -290,14 +295,7 @@ def test_pt2_model_tiles_exactly_like_the_whole_image(pt2):
     geometry = fcnkit.analyze(exported)
     assert geometry.local and geometry.method == "probed" and geometry.input_multiple == 8
     assert "ATen operators" in geometry.probe_reason
-    assert geometry.receptive_field == 1 + 2 * probe_radius(model)
-    image = _image(75, 133)
-    whole = fcnkit.predict(exported, image)
-    tiled = fcnkit.predict_tiled(exported, image, tile=16)  # many tiles, the halo reaches across several
-    np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(whole, fcnkit.predict(model, image), atol=1e-4, rtol=0)
-    labels = fcnkit.distributed.predict_dask(exported, image, output="labels", chunk=32).compute()
-    assert np.array_equal(labels, whole.argmax(2))
+    _tiles_like_the_torch_model(exported, model, geometry)
 
 
 def test_pt2_model_pickles_with_its_weights_as_they_are_now(pt2, tmp_path):

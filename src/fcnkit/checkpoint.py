@@ -36,6 +36,13 @@ FORMAT = "fcnkit-checkpoint"
 VERSION = 1
 # How the training data turned stored 16-bit pixels into 0-255 values: by fcnkit.io.pixels' rule (/257) or as stored
 SIXTEEN_BIT_RULES = ("scaled", "kept")
+# Formats whose model lives in its own file (fcnkit.loading's OnnxModel, ExportedModel), in words
+EXPORTED_FORMATS = {"onnx": "an ONNX model", "pt2": "a torch.export program"}
+
+
+def known_16_bit(rule: Any) -> str:
+    """A 16-bit rule read from a file: itself if it is one of SIXTEEN_BIT_RULES, else "scaled" (the default)."""
+    return rule if rule in SIXTEEN_BIT_RULES else "scaled"
 
 
 # Geometry depends on the architecture only, so it is analyzed once per model object, not at every save.
@@ -118,8 +125,8 @@ def save_checkpoint(
             f"{type(model).__name__}; build it with fcnkit.build_model (or set model.fcnkit_spec) so the "
             f"checkpoint can rebuild it."
         )
-    if spec.get("format") in ("onnx", "pt2"):
-        kind = "an ONNX model" if spec["format"] == "onnx" else "a torch.export program"
+    if spec.get("format") in EXPORTED_FORMATS:
+        kind = EXPORTED_FORMATS[spec["format"]]
         raise CheckpointError(
             f"save_checkpoint(model=...): expected a PyTorch model, found {kind} (from '{spec.get('path')}') "
             f"whose weights live in its .{spec['format']} file; pass that file wherever a checkpoint is asked for."

@@ -317,8 +317,10 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike, *, overwrite: 
     if not isinstance(spec, dict):
         raise ModelError(f"safetensors export: expected an fcnkit model with `fcnkit_spec`, found a plain "
                          f"{type(model).__name__}; build it with fcnkit.build_model so the file can rebuild it.")
-    if spec.get("format") in ("onnx", "pt2"):
-        kind = "an ONNX model" if spec["format"] == "onnx" else "a torch.export program"
+    from fcnkit.checkpoint import EXPORTED_FORMATS  # only here: fcnkit.checkpoint loads fcnkit.io (zarr)
+
+    if spec.get("format") in EXPORTED_FORMATS:
+        kind = EXPORTED_FORMATS[spec["format"]]
         raise ModelError(f"safetensors export: expected a PyTorch model, found {kind} (from "
                          f"'{spec.get('path')}'); it is exported already, use the .{spec['format']} file itself.")
     described = _described(model)
@@ -371,9 +373,10 @@ def import_safetensors(path: str | os.PathLike) -> dict:
     if not isinstance(spec, dict):
         raise CheckpointError(f"safetensors file '{path}': expected a model spec object, found "
                               f"{type(spec).__name__}; export it again.")
-    rule = header.get("input_16_bit", "scaled")
+    from fcnkit.checkpoint import known_16_bit
+
     return {"model": spec, "state_dict": state_dict, "class_names": class_names, "palette": palette,
-            "input_16_bit": rule if rule in ("scaled", "kept") else "scaled"}
+            "input_16_bit": known_16_bit(header.get("input_16_bit"))}
 
 
 def load_safetensors(path: str | os.PathLike) -> nn.Module:

@@ -58,9 +58,10 @@ class ExportedModel(nn.Module):
         self.fcnkit_spec = {"format": "pt2", "path": str(self.path), "num_classes": k,
                             "in_channels": self.in_channels}
         names, palette = consistent_classes(meta.get("class_names"), meta.get("palette"), k)
-        rule = meta.get("input_16_bit", "scaled")
+        from fcnkit.checkpoint import known_16_bit  # only here: fcnkit.checkpoint loads fcnkit.io (zarr)
+
         self.fcnkit_meta = {"class_names": names, "palette": palette, "geometry": None, "step": None,
-                            "metrics": None, "input_16_bit": rule if rule in ("scaled", "kept") else "scaled"}
+                            "metrics": None, "input_16_bit": known_16_bit(meta.get("input_16_bit"))}
         # whether the program takes raw 0-255 values (a Normalize inside, now ATen operators), as its exporter
         # recorded; a program from elsewhere gets its values as given
         self.fcnkit_takes_0_255 = bool(meta.get("takes_0_255", False))
