@@ -60,6 +60,20 @@ def test_unknown_argument(capsys):
     assert "fcnkit: error: unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
+def test_a_value_that_starts_with_a_dash_is_named_with_the_way_to_pass_it(capsys):
+    # argparse alone says "expected one argument": the user sees no reason, since they gave one
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--checkpoint", "m.pt", "--memory-limit", "-1GB", "a.png", "--out", "o.png"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "fcnkit: error: predict: argument --memory-limit: expected a value, found '-1GB', which starts with '-' and "
+        "so reads as an option; to pass it as the value, write --memory-limit=-1GB")
+    with pytest.raises(SystemExit):  # a flag at the end, with no value at all, keeps argparse's words
+        main(["predict", "--checkpoint", "m.pt", "a.png", "--memory-limit"])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "fcnkit: error: predict: argument --memory-limit: expected one argument")
+
+
 def test_user_error_is_one_line_without_traceback():
     # A real process: what a user sees on the terminal.
     result = subprocess.run([sys.executable, "-m", "fcnkit", "inspect", "no_such_model"],

@@ -153,3 +153,26 @@ def test_a_transfer_model_without_a_backbone_says_it_starts_untrained(tmp_path, 
                  "--batch-size", "2", "--val-count", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert ("fcnkit: note: fcn8s_on without --backbone starts from an untrained digit_classifier (no transfer); "
             "pass --backbone CLASSIFIER.pt") in capsys.readouterr().err
+
+
+def test_eval_says_what_n_a_means_when_a_class_is_nowhere(capsys, monkeypatch):
+    """An 11-class model scored on masks of 3 classes that it never predicts digits 3-9 on: 7 rows of n/a."""
+    import fcnkit.training.evaluate as evaluate
+
+    iu = [0.9, 0.5, 0.25] + [None] * 8
+    result = {"checkpoint": "m.pt", "data": "folder:cells", "split": "val", "images": 1, "unit": "images",
+              "pixel_accuracy": 0.9, "mean_accuracy": 0.8, "mean_iu": 0.55, "fw_iu": 0.85, "iu": iu,
+              "class_names": [str(i) for i in range(11)]}
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *a, **k: result)
+    assert main(["eval", "--checkpoint", "m.pt", "--data", "folder:cells"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "m.pt on folder:cells (val, 1 image)"
+    assert "  10        n/a" in lines
+    assert lines[-1] == ("  n/a: no pixel of these classes in the masks or the predictions, so left out of the means "
+                         "(8 of the model's 11 classes)")
+    result["iu"] = [0.9] * 10 + [None]
+    assert main(["eval", "--checkpoint", "m.pt", "--data", "folder:cells"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("  n/a: no pixel of this class in the masks")
+    result["iu"] = [0.9] * 11
+    assert main(["eval", "--checkpoint", "m.pt", "--data", "folder:cells"]) == 0
+    assert "n/a" not in capsys.readouterr().out

@@ -64,3 +64,14 @@ def test_fsync_tree_syncs_every_file_then_folders_deepest_first(tmp_path, monkey
     fsync_tree(tmp_path / "s")
     assert sorted(files) == sorted(os.fspath(tmp_path / n) for n in ("s/zarr.json", "s/1/zarr.json", "s/1/c/0"))
     assert folders == [os.fspath(tmp_path / n) for n in ("s/1/c", "s/1", "s")]
+
+
+def test_unwritable_reason_says_what_stands_in_the_way(tmp_path):
+    (tmp_path / "file").write_text("x")
+    missing = OSError(errno.ENOENT, "No such file or directory")
+    assert atomic.unwritable_reason(tmp_path / "file" / "sub") == f"{tmp_path / 'file'} is a file, not a folder"
+    assert atomic.unwritable_reason(tmp_path / "a" / "b", missing) == f"{tmp_path / 'a' / 'b'} does not exist"
+    # the folder exists but refuses a new file with "no such file" (as /proc does): not "not writable (no such file)"
+    assert atomic.unwritable_reason(tmp_path, missing) == f"{tmp_path} does not take new files"
+    denied = OSError(errno.EACCES, "Permission denied")
+    assert atomic.unwritable_reason(tmp_path, denied) == f"{tmp_path} is not writable (permission denied)"

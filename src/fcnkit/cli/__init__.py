@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import os
 import pkgutil
+import re
 import shlex
 import sys
 import warnings
@@ -30,10 +31,27 @@ ORDER = ("demo", "scene", "train", "eval", "report", "predict", "convert", "heat
 class _Parser(argparse.ArgumentParser):
     """argparse, but errors read ``fcnkit: error: …`` like every other fcnkit error."""
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._words = list(sys.argv[1:] if args is None else args)  # for error(): the words this parser was given
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):  # type: ignore[override]
         self.print_usage(sys.stderr)
         where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
-        self.exit(2, f"fcnkit: error: {where}{message}\n")
+        self.exit(2, f"fcnkit: error: {where}{self._dash_value(message) or message}\n")
+
+    def _dash_value(self, message: str) -> str | None:
+        """argparse takes a value that starts with '-' (``--memory-limit -1GB``) for the next option and says only
+        "expected one argument": name the word it skipped and how to pass it."""
+        found = re.fullmatch(r"argument (\S+): expected one argument", message)
+        words = getattr(self, "_words", [])
+        flags = found.group(1).split("/") if found else []
+        for i, word in enumerate(words[:-1]):
+            if word in flags and words[i + 1].startswith("-"):
+                value = words[i + 1]
+                return (f"argument {found.group(1)}: expected a value, found {value!r}, which starts with '-' and so "
+                        f"reads as an option; to pass it as the value, write {word}={value}")
+        return None
 
 
 def _commands() -> dict[str, ModuleType]:

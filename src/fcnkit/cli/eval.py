@@ -53,4 +53,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n  {'class':<{width}}  IU (%)")
     for name, iu in zip(result["class_names"], result["iu"]):
         print(f"  {name:<{width}}  {_fmt(iu)}")
+    absent = [name for name, iu in zip(result["class_names"], result["iu"]) if iu is None]
+    if absent:
+        print(f"\n  n/a: no pixel of {'this class' if len(absent) == 1 else 'these classes'} in the "
+              f"{'labels' if result['unit'] == 'windows' else 'masks'} or the predictions, so left out of the means "
+              f"({len(absent)} of the model's {len(result['iu'])} classes)")
     return 0

@@ -119,8 +119,9 @@ def unwritable_reason(folder: str | os.PathLike, exc: OSError | None = None) -> 
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
                 return f"{parent} is a file, not a folder"
-            if parent != folder and exc is not None and exc.errno == errno.ENOENT:
-                return f"{folder} does not exist"
+            if exc is not None and exc.errno == errno.ENOENT:
+                # the folder is there but the system says "no such file" for a new one in it (/proc, /sys)
+                return f"{folder} does not exist" if parent != folder else f"{folder} does not take new files"
             break
     reason = exc.strerror.lower() if exc is not None and exc.strerror else "it cannot be written"
     return f"{folder} is not writable ({reason})"
