@@ -57,6 +57,8 @@ def test_checkpoint(tmp_path, capsys):
     (["inspect", "fcn8s", "--size", "0", "10"], "--size: expected a positive height and width, found 0 10"),
     (["inspect", "fcn8s", "--num-classes", "0"], "--num-classes: expected a positive integer, found 0"),
     (["inspect", "--checkpoint", "missing.pt"], "checkpoint 'missing.pt'"),
+    (["inspect", "runs/unet.pt2"], "MODEL: 'runs/unet.pt2' is a file, not a registered model name; to inspect a file, "
+                                   "pass it as --checkpoint runs/unet.pt2"),
 ])
 def test_user_errors(capsys, argv, message):
     assert main(argv) == 2

@@ -134,8 +134,12 @@ def test_onnx_zoo_model_tiles_exactly_like_the_whole_image(zoo):
 
 
 def _tiles_like_the_torch_model(loaded: nn.Module, model: nn.Module, geometry) -> None:
-    """A model loaded from a file measures the torch model's reach, and tiled, whole, dask and the torch model agree."""
-    assert geometry.receptive_field == 1 + 2 * probe_radius(model)
+    """A model loaded from a file measures the torch model's reach (ONNX) or reads its graph (.pt2) as the torch
+    model's is read, and tiled, whole, dask and the torch model agree."""
+    if geometry.method == "probed":
+        assert geometry.receptive_field == 1 + 2 * probe_radius(model)
+    else:
+        assert geometry == fcnkit.analyze(model)
     image = _image(75, 133)
     whole = fcnkit.predict(loaded, image)
     tiled = fcnkit.predict_tiled(loaded, image, tile=16)  # many tiles, the halo reaches across several
@@ -293,9 +297,21 @@ def test_pt2_model_tiles_exactly_like_the_whole_image(pt2):
     model, path = pt2
     exported = load_model(path)
     geometry = fcnkit.analyze(exported)
-    assert geometry.local and geometry.method == "probed" and geometry.input_multiple == 8
-    assert "ATen operators" in geometry.probe_reason
+    assert geometry.local and geometry.method == "traced" and geometry.input_multiple == 8
     _tiles_like_the_torch_model(exported, model, geometry)
+
+
+def test_a_pt2_models_geometry_is_read_from_its_graph_not_probed(pt2, monkeypatch):
+    model, path = pt2
+    exported = load_model(path)
+
+    def no_probe():
+        raise AssertionError("the program was probed")
+
+    monkeypatch.setattr(exported, "fcnkit_probe_stand_in", no_probe)
+    geometry = fcnkit.analyze(exported)
+    assert (geometry.method, geometry.probe_reason) == ("traced", None)
+    assert geometry == fcnkit.analyze(model)
 
 
 def test_pt2_model_pickles_with_its_weights_as_they_are_now(pt2, tmp_path):
@@ -354,7 +370,7 @@ def test_opening_a_pt2_never_runs_code_from_the_file(pt2, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_foreign_pt2_is_measured_and_a_squeeze_excitation_refused_naming_the_operator(tmp_path):
+def test_a_foreign_pt2_is_read_and_a_squeeze_excitation_refused_naming_the_operator(tmp_path):
     torch.manual_seed(0)
     net = SESegmenter().eval()
     auto = torch.export.Dim.AUTO
@@ -363,10 +379,11 @@ def test_a_foreign_pt2_is_measured_and_a_squeeze_excitation_refused_naming_the_o
     model = load_model(tmp_path / "se.pt2")
     assert model.fcnkit_spec["num_classes"] == 2 and model.fcnkit_meta["class_names"] is None
     geometry = fcnkit.analyze(model)
-    assert not geometry.local and " at node " in geometry.nonlocal_reason
-    operator = geometry.nonlocal_reason.split(" at node")[0]
-    assert operator in ("mean", "adaptive_avg_pool2d", "_adaptive_avg_pool2d")
-    with pytest.raises(NotExactError, match=rf"tiled inference cannot equal the whole-image run: {operator} at node"):
+    assert geometry.method == "traced" and not geometry.local
+    assert geometry.nonlocal_reason.startswith("adaptive_avg_pool2d at 'se.adaptive_avg_pool2d' pools the whole "
+                                               "image to a fixed size")
+    with pytest.raises(NotExactError, match=r"tiled inference cannot equal the whole-image run: adaptive_avg_pool2d "
+                                            r"at 'se\.adaptive_avg_pool2d'"):
         fcnkit.predict_tiled(model, _image(48, 40), tile=16)
 
 

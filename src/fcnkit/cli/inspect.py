@@ -7,6 +7,7 @@ import json
 
 from fcnkit.errors import InputError
 
+_FILES = (".pt", ".pth", ".safetensors", ".onnx", ".pt2")
 HELP = "show a model's layers (output shape and parameters at a size), geometry and FLOPs per megapixel"
 EXAMPLE = """\
 fcnkit inspect fcn8s --size 256 256 --num-classes 21
@@ -35,8 +36,13 @@ def _load(args: argparse.Namespace):
         from fcnkit.loading import load_model
 
         return load_model(args.checkpoint)
-    from fcnkit.models import build_model
+    from pathlib import Path
 
+    from fcnkit.models import build_model, list_models
+
+    if args.model not in list_models() and (Path(args.model).exists() or Path(args.model).suffix in _FILES):
+        raise InputError(f"MODEL: '{args.model}' is a file, not a registered model name; to inspect a file, pass it "
+                         f"as --checkpoint {args.model}")
     if args.num_classes < 1:
         raise InputError(f"--num-classes: expected a positive integer, found {args.num_classes}; e.g. --num-classes 21.")
     options = {} if args.width is None else {"width": args.width}

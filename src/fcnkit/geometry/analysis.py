@@ -18,13 +18,14 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import torch.fx as fx
 import torch.nn as nn
 
 import fcnkit.geometry.probe as _probe
 from fcnkit.errors import ModelError
 from fcnkit.geometry.ops import SPATIAL, WHOLE_IMAGE, nonlocal_module, trace
 from fcnkit.geometry.probe import probe_radius
-from fcnkit.geometry.propagate import analyze_graph
+from fcnkit.geometry.propagate import GraphGeometry, analyze_graph
 from fcnkit.geometry.state import Unreadable
 
 __all__ = ["Geometry", "analyze", "probe_radius"]
@@ -76,6 +77,18 @@ def analyze(model: nn.Module, *, in_channels: int = 3) -> Geometry:
     if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
         raise ModelError(f"analyze: expected in_channels to be a positive integer, got {in_channels!r}; "
                          "pass the number of channels of the model's input images.")
+    program = getattr(model, "fcnkit_graph", None)
+    read_why = None
+    if isinstance(program, fx.GraphModule):
+        # an exported program's ATen graph (fcnkit.loading.ExportedModel): read as an eager model's fx graph is
+        try:
+            graph = analyze_graph(program)
+        except Unreadable as exc:
+            read_why = str(exc)
+        else:
+            if graph.unknown is None:
+                return _read(graph, model)
+            read_why = f"no geometry rule for {graph.unknown}"
     stand_in = getattr(model, "fcnkit_probe_stand_in", None)
     if callable(stand_in):
         # Not a graph of torch layers (fcnkit.loading.OnnxModel runs onnxruntime, ExportedModel an ATen program):
@@ -85,7 +98,7 @@ def analyze(model: nn.Module, *, in_channels: int = 3) -> Geometry:
         hint = getattr(model, "nonlocal_operators", None)
         if not geometry.local and hint:
             geometry = replace(geometry, nonlocal_reason=f"{hint}; {geometry.nonlocal_reason}")
-        why = getattr(model, "fcnkit_probe_reason", None) or "not a torch graph"
+        why = read_why or getattr(model, "fcnkit_probe_reason", None) or "not a torch graph"
         return replace(geometry, method="probed", probe_reason=f"{type(model).__name__}: {why}")
     graph, why = None, None
     try:
@@ -100,18 +113,23 @@ def analyze(model: nn.Module, *, in_channels: int = 3) -> Geometry:
     if graph is not None and not graph.has_spatial_layers and not _has_spatial_module(model):
         raise _no_spatial(model)
     if graph is not None and graph.unknown is None:
-        stride = graph.output_stride
-        if stride < 1 or stride.denominator != 1:
-            raise ModelError(f"analyze: expected an output no larger than the input, got output stride {stride} "
-                             f"for {type(model).__name__}; fcnkit tiles models whose output stride is a whole number.")
-        return _geometry(graph.radius, graph.receptive_field, int(stride), graph.input_multiple, graph.padding,
-                         graph.nonlocal_reason)
+        return _read(graph, model)
     if graph is not None:
         why = f"no geometry rule for {graph.unknown}"
     reason = graph.nonlocal_reason if graph is not None else _nonlocal_module(model)
     if not _has_spatial_module(model):
         raise _no_spatial(model)
     return replace(_measured(model, in_channels, reason), method="probed", probe_reason=why)
+
+
+def _read(graph: GraphGeometry, model: nn.Module) -> Geometry:
+    """The geometry a fully read graph gives."""
+    stride = graph.output_stride
+    if stride < 1 or stride.denominator != 1:
+        raise ModelError(f"analyze: expected an output no larger than the input, got output stride {stride} "
+                         f"for {type(model).__name__}; fcnkit tiles models whose output stride is a whole number.")
+    return _geometry(graph.radius, graph.receptive_field, int(stride), graph.input_multiple, graph.padding,
+                     graph.nonlocal_reason)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ import operator
 from fractions import Fraction
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from fcnkit.geometry.ops import SPLITS, WHOLE_IMAGE, Op, permutation, reduced_dims, target_name
@@ -59,6 +60,9 @@ def size_source(prop: Propagation, size: Any) -> Value | None:
     if isinstance(size, (tuple, list)) and len(size) == 2:
         sources = []
         for i, n in enumerate(size):
+            if isinstance(n, fx.Node) and n.target is torch.ops.aten.sym_size.int and n.args[1] in (2 + i, -2 + i):
+                sources.append(prop.spatial_value(n.args[0]))  # an exported program's x.shape[2], x.shape[3]
+                continue
             if not (isinstance(n, fx.Node) and n.target is operator.getitem and n.args[1] in (2 + i, -2 + i)):
                 return None
             sources.append(tensor_of(n.args[0]))
@@ -138,6 +142,25 @@ def getitem(prop: Propagation, node: fx.Node, op: Op) -> Any:
     out = prop.derive(node, x, (backs[v.axes[0]], backs[v.axes[1]]), (Fraction(1),) * 2)
     if out is not None:
         out.axes = (kept.index(v.axes[0]), kept.index(v.axes[1]))
+    return out
+
+
+def slice_axis(prop: Propagation, node: fx.Node, op: Op) -> Any:
+    """ATen's ``slice(x, dim, start, end, step)``: on a spatial axis a crop that shifts indices by ``start`` (its end,
+    often computed from a size, moves nothing); on the batch or channel axis the tensor's geometry is unchanged."""
+    x, dim, start, step = _input(node), op.args["dim"], op.args["start"], op.args["step"]
+    v = prop.spatial_value(x)
+    if v is None or v.axes is None or not isinstance(dim, int) or dim % 4 not in v.axes:
+        if v is not None and v.axes is not None and not isinstance(dim, int):
+            prop.unsupported(node, "slicing along a computed dim")
+        return prop.merge(node, [x])
+    if step not in (None, 1) or not (start is None or isinstance(start, int) and start >= 0):
+        prop.unsupported(node, "slicing of a spatial axis with a step or a computed or negative start")
+        return prop.merge(node, [x])
+    backs = tuple(_shift(start or 0) if axis == dim % 4 else identity for axis in v.axes)
+    out = prop.derive(node, x, backs, (Fraction(1),) * 2)  # type: ignore[arg-type]
+    if out is not None:
+        out.axes = v.axes
     return out
 
 

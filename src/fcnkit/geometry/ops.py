@@ -10,7 +10,8 @@ Kinds: ``window`` (convolution, pooling, transposed convolution, unpooling), ``r
 ``shuffle`` (pixel (un)shuffle), ``pad``, ``pad_to_multiple``, ``pointwise`` (element-wise), ``channelwise`` (mixes
 channels at one position: eval-mode BatchNorm, LocalResponseNorm), ``softmax`` (normalises along ``dim``),
 ``reduction``, ``reshape`` (flatten/view/reshape/unflatten), ``permute`` (permute/transpose/movedim/swapaxes),
-``cast`` (contiguous, dtype and device moves), ``split``, ``concat``, ``getitem``, ``shape`` (sizes, checks),
+``cast`` (contiguous, dtype and device moves), ``split``, ``concat``, ``getitem``, ``slice`` (ATen's crop along one
+dim: :mod:`fcnkit.geometry.aten`), ``shape`` (sizes, checks),
 ``linear``, ``layer_norm``, ``matmul``, ``adaptive`` (adaptive pooling), ``nonlocal`` and ``unknown``.
 """
 
@@ -174,7 +175,7 @@ REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm",
 SOFTMAX = {"softmax": 1, "log_softmax": 1, "softmin": 1, "normalize": 2}  # name -> position of its `dim`
 CASTS = {"contiguous", "float", "double", "half", "bfloat16", "to", "type", "type_as", "clone", "detach", "cpu",
          "cuda", "requires_grad_"}
-SPLITS = {"chunk", "split", "unbind", "tensor_split"}
+SPLITS = {"chunk", "split", "split_with_sizes", "unbind", "tensor_split"}
 RESHAPES = {"flatten", "view", "reshape", "unflatten"}
 PERMUTES = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"}
 SHAPES = {"check_nchw", "getattr", "size", "dim", "numel", "ndimension"}
@@ -194,7 +195,8 @@ CHANNELWISE_NAMES = {"local_response_norm", "channel_shuffle"}
 def target_name(node: fx.Node) -> str:
     """``'conv2d'`` for ``F.conv2d``, ``'add'`` for ``operator.add`` or ``x.__add__``, the method name for methods."""
     t = node.target
-    name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    packet = getattr(t, "_overloadpacket", None)  # an ATen operator overload (exported programs): aten.relu_.default
+    name = t if isinstance(t, str) else getattr(packet or t, "__name__", str(t))
     return name.removeprefix("__").removesuffix("__")
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch.fx as fx
 
 import fcnkit.geometry.layout as layout
+from fcnkit.geometry.aten import aten_op, exported_call, is_aten
 from fcnkit.geometry.ops import WHOLE_IMAGE, Op, Window, classify
 from fcnkit.geometry.state import Back, Propagation, Value, leaves
 
@@ -29,8 +30,13 @@ def apply(prop: Propagation, node: fx.Node) -> Any:
     """The value of ``node`` from the values of its arguments (see the module docstring)."""
     if not any(isinstance(prop.value(a), (Value, tuple)) for a in leaves(node.args, node.kwargs)):
         return None  # shape arithmetic, constants
-    op = classify(node, prop.gm)
-    return RULES[op.kind](prop, node, op)
+    # an exported program's nodes call ATen operators (or its guard check): their own table
+    op = aten_op(node, prop.gm) if is_aten(node) else exported_call(node) or classify(node, prop.gm)
+    value = RULES[op.kind](prop, node, op)
+    outputs = op.args.get("outputs", 1)
+    # an operator that returns several tensors (ATen's max_pool2d_with_indices, native_batch_norm, ...): each
+    # element, taken apart by getitem, covers what the value covers
+    return (value,) * outputs if outputs > 1 and not isinstance(value, tuple) else value
 
 
 def _window(k: int, s: int, p: int, d: int) -> Back:
@@ -185,7 +191,7 @@ RULES: dict[str, Rule] = {
     "window": _window_rule, "resample": _resample_rule, "shuffle": _shuffle_rule, "pad": _pad_rule,
     "pad_to_multiple": _pad_to_multiple_rule, "pointwise": _pointwise_rule, "channelwise": _pointwise_rule,
     "cast": _cast_rule, "softmax": _softmax_rule, "reduction": layout.reduce, "reshape": layout.reshape,
-    "permute": layout.permute, "getitem": layout.getitem, "concat": layout.concat, "split": layout.split,
+    "permute": layout.permute, "getitem": layout.getitem, "slice": layout.slice_axis, "concat": layout.concat, "split": layout.split,
     "shape": lambda prop, node, op: None, "linear": _linear_rule, "layer_norm": _layer_norm_rule,
     "matmul": _matmul_rule, "adaptive": _nonlocal_rule, "nonlocal": _nonlocal_rule, "unknown": _unknown_rule,
 }

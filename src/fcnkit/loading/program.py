@@ -22,7 +22,8 @@ class ExportedModel(nn.Module):
     parameters, so ``.to()`` moves and casts them). ``fcnkit.json``, the extra file ``fcnkit export --format pt2``
     writes, gives the class names, palette, output kind and model spec; a program from elsewhere gets its channels
     from the program's input and its classes from one small run. ``fcnkit_spec`` holds ``{"format": "pt2",
-    "path", "num_classes", "in_channels"}``. The geometry is measured with probe images, as for ONNX models.
+    "path", "num_classes", "in_channels"}``. The geometry is read from the program's ATen graph
+    (:mod:`fcnkit.geometry.aten`) and measured with probe images only where an operator has no rule.
 
     Before torch reads the file, every part that its loader would unpickle (weights and constants marked for
     pickle, custom objects, the sample inputs) is checked: only plain tensors (``torch.load(weights_only=True)``)
@@ -66,7 +67,6 @@ class ExportedModel(nn.Module):
         # recorded; a program from elsewhere gets its values as given
         self.fcnkit_takes_0_255 = bool(meta.get("takes_0_255", False))
         self.nonlocal_operators = _whole_image_aten(self.program)
-        self.fcnkit_probe_reason = "a torch.export program of ATen operators, which fcnkit's layer rules do not read"
         self.eval()
 
     def train(self, mode: bool = True) -> ExportedModel:
@@ -125,6 +125,12 @@ class ExportedModel(nn.Module):
             raise InputError(f"torch.export program '{self.path.name}': failed on an input of shape "
                              f"{tuple(x.shape)} ({type(exc).__name__}: {_first(exc)}); the program does not "
                              f"take this size (export it with dynamic height and width).") from None
+
+    @property
+    def fcnkit_graph(self) -> torch.fx.GraphModule:
+        """The program's ATen graph, from which ``fcnkit.analyze`` reads the geometry (the probes on this model
+        are the fallback for an operator without a rule)."""
+        return self.program
 
     def fcnkit_probe_stand_in(self) -> ExportedModel:
         """The model the geometry probes run on: this one (torch's max-pooling keeps every NaN)."""
