@@ -54,6 +54,11 @@ def test_existing_files_are_refused_and_nothing_is_written(tmp_path, capsys):
     (["--out", "x.jpg"], "--out x.jpg: expected a name ending in .png, .tif, .tiff, .zarr, .ome.zarr, found .jpg"),
     (["--out", "x.png", "--size", "4"], "--size: expected N or HxW with sides of at least 8 pixels, found '4'"),
     (["--out", "x.png", "--labels", "x.png"], "--labels x.png is the --out image itself"),
+    (["--out", "x.png", "--labels", "lab.jpg"],
+     "--labels lab.jpg: expected a name ending in .png, .tif, .tiff, .zarr, .ome.zarr, found .jpg; name the mask "
+     "like scene-labels.png or leave --labels out.\n"),
+    (["--out", "x.png", "--index", "-1"], "--index: expected an integer >= 0, found -1; pass e.g. --index 0.\n"),
+    (["--out", "x.png", "--seed", "-1"], "--seed: expected an integer >= 0, found -1; pass e.g. --seed 0.\n"),
 ])
 def test_bad_arguments_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -66,3 +71,22 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, monkeypatch, argv, message
 def test_a_zarr_scene_is_a_lazy_input(tmp_path):
     assert main(["scene", "--size", "64", "--out", str(tmp_path / "s.zarr")]) == 0
     assert zarr.open_array(str(tmp_path / "s.zarr")).shape == (64, 64, 3)
+
+
+def test_an_unwritable_labels_path_is_refused_before_the_image_is_written(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    (tmp_path / "locked").write_text("a file, so nothing can be created under it")
+    out = tmp_path / "s.png"
+    assert main(["scene", "--size", "32", "--out", str(out), "--labels", str(locked / "lab.png")]) == 2
+    assert capsys.readouterr().err == (f"fcnkit: error: --labels {locked / 'lab.png'}: expected a folder to write "
+                                       f"into, found that {locked} is a file, not a folder; choose another output "
+                                       f"location\n")
+    assert not out.exists()  # so the corrected command runs without --overwrite
+    assert main(["scene", "--size", "32", "--out", str(out), "--labels", str(tmp_path / "lab.png")]) == 0
+
+
+def test_an_existing_store_is_replaced_with_overwrite(tmp_path):
+    out = tmp_path / "s.ome.zarr"
+    assert main(["scene", "--size", "32", "--out", str(out)]) == 0
+    assert main(["scene", "--size", "48", "--out", str(out), "--overwrite"]) == 0
+    assert open_image(out).shape[:2] == (48, 48)

@@ -76,6 +76,8 @@ def test_bad_scene_arguments_raise():
         open_dataset("scenes", split="test")
     with pytest.raises(DataError, match="seed must be a non-negative integer, got -1"):
         DigitScenes(seed=-1)
+    with pytest.raises(DataError, match=r"index must be a non-negative integer, got -1; pass index=0"):
+        make_scene(32, index=-1)
     with pytest.raises(DataError, match="scene count must be at least 1"):
         DigitScenes(count=0)
 

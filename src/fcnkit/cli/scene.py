@@ -50,14 +50,20 @@ def run(args: argparse.Namespace) -> int:
     labels = Path(args.labels) if args.labels else labels_path(out)
     if labels == out:
         raise InputError(f"--labels {labels} is the --out image itself; choose another path for the label mask.")
+    if not labels.name.lower().endswith(SUFFIXES):
+        raise InputError(f"--labels {labels}: expected a name ending in {', '.join(SUFFIXES)}, found "
+                         f"{labels.suffix or 'no suffix'}; name the mask like scene-labels.png or leave --labels out.")
     try:
         size = parse_size(args.size, "--size")
     except DataError:
         raise InputError(f"--size: expected N or HxW with sides of at least 8 pixels, found {args.size!r}; pass "
                          f"e.g. --size 4096 or --size 2048x3072.") from None
-    for path in (out, labels):  # refuse before spending seconds on drawing
-        if path.exists() and not args.overwrite:
-            raise InputError(f"{path} exists; pass --overwrite to replace it or choose another --out.")
+    for flag, value in (("--seed", args.seed), ("--index", args.index)):
+        if value < 0:
+            raise InputError(f"{flag}: expected an integer >= 0, found {value}; pass e.g. {flag} 0.")
+    # both targets are checked before either is written: a refused --labels must not leave the image behind
+    for flag, path in (("--out", out), ("--labels" if args.labels else "--out", labels)):
+        _check_target(path, flag, overwrite=args.overwrite)
     image, mask = make_scene(size, split=args.split, seed=args.seed, index=args.index)
     height, width = mask.shape
     with create_output(out, image.shape, image.dtype, kind="image", overwrite=args.overwrite,
@@ -71,3 +77,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({height}x{width} RGB) and {labels} (labels 0 background, 1-10 digits 0-9, 255 ignore; "
           f"{100 * digits / mask.size:.1f}% digit pixels)")
     return 0
+
+
+def _check_target(path: Path, flag: str, *, overwrite: bool) -> None:
+    """Refuse an existing target (without ``overwrite``) or one that cannot be written, before any drawing."""
+    from fcnkit.errors import InputError
+    from fcnkit.io.atomic import check_target
+    from fcnkit.io.outputs import partial_path
+
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists; pass --overwrite to replace it or choose another {flag}.")
+    # a zarr store is a folder, which check_target refuses as a file target: probe where its new copy is written
+    check_target(partial_path(path) if path.is_dir() else path, overwrite=True, flag=flag)

@@ -161,6 +161,8 @@ def make_scene(
     1–10 digits 0–9, 255 ignore), the same for the same arguments."""
     check_split(split)
     h, w = parse_size(size)
+    if int(index) < 0:
+        raise DataError(f"index must be a non-negative integer, got {index}; pass index=0 or another integer >= 0.")
     rng = _rng(seed, _SPLIT_CODE[split], int(index), h, w)
     boxes = _place(rng, h, w, _digits(split)[1])
     return _render(rng, h, w, boxes, split)
