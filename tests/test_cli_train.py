@@ -70,6 +70,19 @@ def test_bad_train_flags_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert err.startswith("fcnkit: error: ") and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seed", "-1"], "--seed: expected an integer from 0 to 4294967295 (2**32 - 1), found -1; pass e.g. --seed 0."),
+    (["--seed", "4294967296"],
+     "--seed: expected an integer from 0 to 4294967295 (2**32 - 1), found 4294967296; pass e.g. --seed 0."),
+    (["--val-size", "5"], "--val-size: expected a side of at least 8 pixels for the validation scenes, found 5; "
+                          "pass e.g. --val-size 256 (the default)."),
+])
+def test_seed_and_val_size_are_refused_by_flag_before_anything_runs(tmp_path, capsys, argv, message):
+    assert main([*TRAIN, "--out", str(tmp_path / "run"), *argv]) == 2
+    assert capsys.readouterr().err == f"fcnkit: error: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_of_a_missing_checkpoint(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", "scenes"]) == 2
     assert "none.pt': expected a .pt file written by `fcnkit train`, found nothing" in capsys.readouterr().err

@@ -72,6 +72,14 @@ def test_bad_schedule_and_warmup_are_refused(tmp_path):
         train(TrainConfig(model="unet", steps=2, warmup=-1, out=str(tmp_path)))
 
 
+
+def test_validation_scenes_too_small_to_draw_are_refused_as_val_size():
+    with pytest.raises(InputError, match=r"^val_size: expected a side of at least 8 pixels for the validation "
+                                         r"scenes, found 5; pass e.g. --val-size 256, the default \(val_size=256 "
+                                         r"from Python\).$"):
+        open_data(TrainConfig(model="unet", steps=1, data="scenes", val_size=5))
+
+
 class _Stripes:
     """Images whose left half is 10 and right half 200: a mirrored patch is easy to spot."""
 

@@ -102,9 +102,27 @@ def parse_class_weights(text: str) -> str | list[float]:
                                          f"found {text!r}; pass e.g. --class-weights balanced") from None
 
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which the trainer uses too, takes no larger seed
+MIN_SCENE_SIDE = 8  # fcnkit.data.scenes.parse_size's smallest side
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """The flags whose bad values would otherwise fail deep inside a library (numpy's seeding) or under another
+    name (the scene size of ``--data``), refused before anything loads."""
+    from fcnkit.errors import InputError
+
+    if not 0 <= args.seed <= MAX_SEED:
+        raise InputError(f"--seed: expected an integer from 0 to {MAX_SEED} (2**32 - 1), found {args.seed}; pass "
+                         f"e.g. --seed 0.")
+    if args.val_size is not None and args.val_size < MIN_SCENE_SIDE:
+        raise InputError(f"--val-size: expected a side of at least {MIN_SCENE_SIDE} pixels for the validation "
+                         f"scenes, found {args.val_size}; pass e.g. --val-size 256 (the default).")
+
+
 def run(args: argparse.Namespace) -> int:
     from fcnkit.training.loop import TrainConfig, train
 
+    check_flags(args)
     steps = 1000 if args.steps is None and args.epochs is None else args.steps
     config = TrainConfig(
         model=args.model, data=args.data, num_classes=args.num_classes, patch=args.patch,

@@ -23,6 +23,7 @@ from fcnkit.errors import CheckpointError, DataError, InputError
 # with 2,200 windows (which the classifier had seen 44 times each by then).
 TRAIN_WINDOWS = 8800
 VAL_WINDOWS = 550
+MIN_SCENE_SIDE = 8  # the smallest side fcnkit.data.scenes draws
 _COLOUR_STREAM = 11  # keeps the colour augmentation's random numbers apart from the window order's
 
 
@@ -70,6 +71,9 @@ def open_data(cfg: TrainConfig) -> TrainData:
     train = open_dataset(cfg.data, split="train", num_classes=cfg.num_classes)
     scenes = str(cfg.data).partition(":")[0] == "scenes"
     val_options = {}
+    if scenes and cfg.val_size is not None and cfg.val_size < MIN_SCENE_SIDE:
+        raise InputError(f"val_size: expected a side of at least {MIN_SCENE_SIDE} pixels for the validation scenes, "
+                         f"found {cfg.val_size}; pass e.g. --val-size 256, the default (val_size=256 from Python).")
     if scenes:
         val_options = {k: v for k, v in (("size", cfg.val_size), ("count", cfg.val_count)) if v is not None}
     elif cfg.val_size is not None:
