@@ -402,3 +402,17 @@ def test_an_exported_classifier_is_refused_naming_its_file(tmp_path):
                                               r"program \(from '.*c\.pt2'\), whose layers are gone; convolutionalize "
                                               r"the \.pt checkpoint it was exported from"):
         convolutionalize(load_model(tmp_path / "c.pt2"), input_size=(32, 32))
+
+
+def test_it_takes_0_255_values_when_its_classifier_did(tmp_path) -> None:
+    """The traced body keeps the classifier's Normalize as plain operations; the FCN says what it takes, so
+    16-bit images are scaled for it as for the classifier (the CLI's heat maps of 16-bit photos)."""
+    import fcnkit
+    from fcnkit.inference.inputs import takes_0_255
+
+    torch.manual_seed(0)
+    classifier = fcnkit.build_model("digit_classifier", num_classes=4, width=0.25).eval()
+    fcn = convolutionalize(classifier, input_size=(32, 32))
+    assert takes_0_255(fcn) and not takes_0_255(convolutionalize(LeNet().eval(), input_size=(32, 32), in_channels=1))
+    image = np.random.default_rng(0).integers(0, 256, (40, 44, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(fcnkit.predict(fcn, image.astype(np.uint16) * 257), fcnkit.predict(fcn, image))

@@ -112,7 +112,9 @@ def test_pt2_toy_padding_model_any_size_and_its_metadata(tmp_path):
     torch.export.load(str(tmp_path / "pad.pt2"), extra_files=extra)
     meta = json.loads(extra["fcnkit.json"])
     assert meta["format"] == "fcnkit-pt2" and meta["output_kind"] == "dense" and meta["input_size"] is None
-    assert meta["input"].startswith("float32 NCHW (batch, channels, height, width), raw pixel values 0-255")
+    # no Normalize in the toy: its input convention says values as trained, not 0-255
+    assert meta["input"].startswith("float32 NCHW (batch, channels, height, width), values as the model was trained")
+    assert meta["takes_0_255"] is False
     assert any(n.endswith("extra/fcnkit.json") for n in zipfile.ZipFile(tmp_path / "pad.pt2").namelist())
 
 

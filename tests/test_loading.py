@@ -407,3 +407,25 @@ def test_an_exported_window_classifier_is_a_classifier_and_says_how_to_run_it_on
     with pytest.raises(InputError, match=r"takes only 32x32 inputs, got 64x64; it classifies windows of that size: "
                                          r"convolutionalize the classifier it was exported from \(`fcnkit convert`\)"):
         onnx_model(torch.rand(1, 3, 64, 64))
+
+
+def test_an_onnx_export_says_what_values_it_takes_and_its_16_bit_rule(tmp_path):
+    """An OnnxModel has no Normalize to look at: fcnkit's exporter writes whether the graph takes 0-255 values and
+    how 16-bit pixels became 8-bit in training; the loaded model follows both (16-bit images scaled or kept)."""
+    import onnx
+
+    from fcnkit.export import INPUT_AS_TRAINED, INPUT_CONVENTION
+    from fcnkit.inference.inputs import scales_16_bit, takes_0_255
+
+    torch.manual_seed(0)
+    transfer = fcnkit.build_model("fcn8s_on", num_classes=3, width=0.25).eval()  # its Normalize is traced away
+    transfer.fcnkit_meta = {"input_16_bit": "kept"}
+    loaded = load_model(_export(transfer, tmp_path / "transfer.onnx"))
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "transfer.onnx")).metadata_props}
+    assert (props["fcnkit.takes_0_255"], props["fcnkit.input"]) == ("true", INPUT_CONVENTION)
+    assert takes_0_255(loaded) and loaded.fcnkit_meta["input_16_bit"] == "kept" and not scales_16_bit(loaded)
+
+    foreign = load_model(_export(SESegmenter(), tmp_path / "se.onnx"))  # divides by 255 itself: values as given
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "se.onnx")).metadata_props}
+    assert (props["fcnkit.takes_0_255"], props["fcnkit.input"]) == ("false", INPUT_AS_TRAINED)
+    assert not takes_0_255(foreign) and not scales_16_bit(foreign)

@@ -131,3 +131,20 @@ def test_registry_builders_record_the_backbone():
     assert model.fcnkit_spec["options"] == {"backbone": "digit_classifier", "width": 0.25, "input_size": None}
     rebuilt = build_model("fcn16s_on", num_classes=11, **model.fcnkit_spec["options"])
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
+
+
+def test_it_takes_0_255_values_as_its_classifier_did_so_16_bit_images_are_scaled(tmp_path):
+    """Its traced trunk holds the classifier's Normalize as plain operations: the model says what it takes, so a
+    16-bit image is scaled to 0-255 and a float image in [0, 1] is warned about, also after a checkpoint."""
+    from fcnkit.inference.inputs import PixelRangeWarning, takes_0_255
+
+    model = fcn_on(_classifier(), num_classes=5, skips=1).eval()
+    rebuilt = load_checkpoint(save_checkpoint(tmp_path / "t.pt", model=model))
+    foreign = fcn_on(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 8),
+                                   nn.ReLU(), nn.Linear(8, 5)), num_classes=5, input_size=(32, 32), skips=0).eval()
+    assert takes_0_255(model) and takes_0_255(rebuilt) and not takes_0_255(foreign)
+    image = _image(40, 36).astype(np.uint8)
+    as_16_bit = fcnkit.predict(rebuilt, image.astype(np.uint16) * 257)
+    np.testing.assert_array_equal(as_16_bit, fcnkit.predict(rebuilt, image))
+    with pytest.warns(PixelRangeWarning, match=r"image values lie in \[0, 1\]"):
+        fcnkit.predict(model, image / 255.0)

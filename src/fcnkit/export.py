@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from fcnkit.errors import CheckpointError, ModelError, OutputError
+from fcnkit.layers import takes_0_255
 
 TOLERANCE = 1e-3
 SAFETENSORS_FORMAT = "fcnkit-safetensors"
@@ -44,9 +45,15 @@ SAFETENSORS_VERSION = "1"
 PT2_FORMAT, PT2_VERSION = "fcnkit-pt2", "1"
 PT2_META = "fcnkit.json"  # the extra file of a .pt2 that holds fcnkit's metadata (JSON)
 INPUT_NAME, OUTPUT_NAME = "image", "output"
-# What an ONNX user must feed, stored in the file's metadata_props under "fcnkit.input"
+# What a user of an exported file must feed, stored in ONNX metadata_props / the .pt2's fcnkit.json as "input"
 INPUT_CONVENTION = ("float32 NCHW (batch, channels, height, width), raw pixel values 0-255 in the image's channel "
                     "order (RGB for colour models); the model normalises inside, so do not scale or standardise")
+INPUT_AS_TRAINED = ("float32 NCHW (batch, channels, height, width), values as the model was trained on: it does not "
+                    "normalise 0-255 pixel values itself")
+
+
+def _input_convention(model: nn.Module) -> str:
+    return INPUT_CONVENTION if takes_0_255(model) else INPUT_AS_TRAINED
 
 
 @contextlib.contextmanager
@@ -169,27 +176,30 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, in_channels: int =
 
 def _describe_onnx(path: Path, model: nn.Module, *, same_size: bool) -> None:
     """Store what a user of the file needs in its ``metadata_props``: ``fcnkit.input`` (the input convention),
-    ``fcnkit.class_names`` and ``fcnkit.palette`` (JSON), ``fcnkit.model`` (the model spec, JSON). An output that
-    was checked to have the input's size gets the input's ``height``/``width`` names for its spatial axes."""
+    ``fcnkit.class_names`` and ``fcnkit.palette`` (JSON), ``fcnkit.model`` (the model spec, JSON),
+    ``fcnkit.input_16_bit`` and ``fcnkit.takes_0_255`` (what :class:`fcnkit.loading.OnnxModel` reads back). An
+    output that was checked to have the input's size gets the input's ``height``/``width`` names for its spatial
+    axes."""
     import onnx
 
     proto = onnx.load(str(path))
     if same_size:
         for dim, name in zip(proto.graph.output[0].type.tensor_type.shape.dim[2:], ("height", "width")):
             dim.dim_param = name
-    props = {"fcnkit.input": INPUT_CONVENTION, **{f"fcnkit.{k}": json.dumps(v) for k, v in _described(model).items()}}
+    props = {"fcnkit.input": _input_convention(model),
+             **{f"fcnkit.{k}": json.dumps(v) for k, v in _described(model).items()}}
     onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(path))
 
 
 def _described(model: nn.Module) -> dict:
     """What an exported file says of its model beyond the weights (JSON-able): the model spec, class names, palette
-    and how its training data made 16-bit pixels 0-255 values."""
+    and how its training data made 16-bit pixels 0-255 values, and whether it takes raw 0-255 values."""
     meta = getattr(model, "fcnkit_meta", None) or {}
     palette = meta.get("palette")
     return {"model": getattr(model, "fcnkit_spec", None), "class_names": meta.get("class_names"),
             "palette": np.asarray(palette).tolist() if palette is not None else None,
-            "input_16_bit": meta.get("input_16_bit", "scaled")}
+            "input_16_bit": meta.get("input_16_bit", "scaled"), "takes_0_255": takes_0_255(model)}
 
 
 def _named_axes(path: Path, names: tuple[str, ...], opset: int | None) -> None:
@@ -255,13 +265,11 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, in_channels: in
     :func:`fcnkit.load_model` reads. The program is loaded back from the written file and checked at three sizes
     before it is moved into place.
     """
-    from fcnkit.inference.inputs import takes_0_255
-
     model, dynamic, size = _prepare(model, in_channels, sample_size)
     program = _exported_program(model, in_channels, size, dynamic)
-    extra = json.dumps({"format": PT2_FORMAT, "version": PT2_VERSION, "input": INPUT_CONVENTION,
+    extra = json.dumps({"format": PT2_FORMAT, "version": PT2_VERSION, "input": _input_convention(model),
                         "output_kind": getattr(model, "output_kind", "dense"), "input_size": None if dynamic else
-                        list(size), "takes_0_255": takes_0_255(model), **_described(model)})
+                        list(size), **_described(model)})
     with _atomic_target(path, overwrite=overwrite) as tmp, _quiet_exporter():
         # through file objects: torch takes a path only if it ends in .pt2, and the temporary name does not
         with open(tmp, "wb") as f:

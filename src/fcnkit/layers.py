@@ -91,6 +91,18 @@ class Normalize(nn.Module):
         return f"channels={self.mean.shape[1]}"
 
 
+def takes_0_255(model: nn.Module) -> bool:
+    """Whether ``model`` normalises raw 0-255 pixel values itself: it says so with ``fcnkit_takes_0_255`` (a
+    convolutionalized classifier or a transfer FCN, whose traced graph holds the classifier's normalisation as
+    plain operations; a torch.export program or an ONNX model from fcnkit's exporter), or it has a ``Normalize``
+    with 0-255 statistics, as every fcnkit model starts with."""
+    said = getattr(model, "fcnkit_takes_0_255", None)
+    if said is not None:
+        return bool(said)
+    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    return norm is not None and float(norm.mean.abs().max()) > 2.0
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad the bottom and right of ``x`` so that H and W become multiples of ``multiple``.
 

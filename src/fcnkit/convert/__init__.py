@@ -37,6 +37,7 @@ from fcnkit.convert.stitch import shift_and_stitch
 from fcnkit.convert.windows import ConversionWarning, PaddingWarning, PartialWindowWarning, exact_window, warnings_for
 from fcnkit.errors import ConversionError, InputError
 from fcnkit.geometry.ops import trace
+from fcnkit.layers import takes_0_255
 
 __all__ = ["ConversionWarning", "ConvolutionalizedNet", "PaddingWarning", "PartialWindowWarning", "Verification",
            "convolutionalize", "shift_and_stitch", "sliding_window", "verify"]
@@ -166,6 +167,8 @@ def convolutionalize(classifier: nn.Module, *, input_size: Sequence[int], in_cha
         warnings.warn(warning, stacklevel=2)
     fcn = ConvolutionalizedNet(body, window=window, stride=stride, num_classes=num_classes, in_channels=in_channels,
                                crop=crop, exact_window=exact)
+    # the traced body holds the classifier's Normalize as plain operations: say what it takes
+    fcn.fcnkit_takes_0_255 = takes_0_255(classifier)
     spec = getattr(classifier, "fcnkit_spec", None)
     if spec is not None:
         fcn.fcnkit_spec = {**spec, "convolutionalized": {"input_size": list(window)}}

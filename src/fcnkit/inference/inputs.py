@@ -15,7 +15,7 @@ import torch
 
 from fcnkit.errors import InputError
 from fcnkit.io.pixels import CHANNEL_CONVERSIONS, ConvertedImage, PixelConversion, conversion_for, converted
-from fcnkit.layers import Normalize
+from fcnkit.layers import takes_0_255  # the rule lives beside Normalize; kept importable from here
 
 SAMPLE = 128  # side of each window read to check the value range (top-left corner and centre)
 
@@ -33,16 +33,6 @@ def expected_channels(model: torch.nn.Module) -> int | None:
         first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         expected = first.in_channels if first is not None else None
     return expected
-
-
-def takes_0_255(model: torch.nn.Module) -> bool:
-    """Whether ``model`` normalises raw 0-255 pixel values itself (fcnkit models start with such a ``Normalize``;
-    a torch.export program of one says so with ``fcnkit_takes_0_255``)."""
-    said = getattr(model, "fcnkit_takes_0_255", None)
-    if said is not None:
-        return bool(said)
-    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
-    return norm is not None and float(norm.mean.abs().max()) > 2.0
 
 
 def scales_16_bit(model: torch.nn.Module) -> bool:

@@ -78,8 +78,15 @@ class OnnxModel(nn.Module):
         self.fcnkit_spec = {"format": "onnx", "path": str(self.path), "num_classes": k,
                             "in_channels": channels or 3}
         names, palette = _exported_classes(self._session, k)
+        stored = self._session.get_modelmeta().custom_metadata_map
+        from fcnkit.checkpoint import known_16_bit  # only here: fcnkit.checkpoint loads fcnkit.io (zarr)
+
         self.fcnkit_meta = {"class_names": names, "palette": palette, "geometry": None, "step": None,
-                            "metrics": None}
+                            "metrics": None, "input_16_bit": known_16_bit(_json(stored.get("fcnkit.input_16_bit")))}
+        # whether the graph normalises raw 0-255 values (fcnkit's exporter says so; files it wrote before it did
+        # carry only its input convention, which said 0-255 for every model); a model from elsewhere: as given
+        said = _json(stored.get("fcnkit.takes_0_255"))
+        self.fcnkit_takes_0_255 = said if isinstance(said, bool) else "fcnkit.input" in stored
         self.eval()
 
     @staticmethod
@@ -184,6 +191,16 @@ def _exported_classes(session: Any, k: int) -> tuple[list[str] | None, np.ndarra
     except json.JSONDecodeError:
         return None, None
     return consistent_classes(names, palette, k)
+
+
+def _json(text: str | None) -> Any:
+    """A metadata value written as JSON; None where it is missing or damaged."""
+    import json
+
+    try:
+        return json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
+        return None
 
 
 def _graph(data: bytes) -> Any:

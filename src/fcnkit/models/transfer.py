@@ -35,7 +35,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from fcnkit.errors import ModelError
-from fcnkit.layers import Normalize, bilinear_deconv, check_nchw, score_conv
+from fcnkit.layers import Normalize, bilinear_deconv, check_nchw, score_conv, takes_0_255
 from fcnkit.models.registry import build_model, register_model
 
 __all__ = ["TRANSFER_MODELS", "TransferFCN", "fcn_on"]
@@ -134,6 +134,8 @@ class TransferFCN(nn.Module):
         # The trunk: the body up to the score layer, returning the skip taps too; its Normalize is hoisted out so
         # that the image is zero-padded before normalisation, as every fcnkit model pads.
         self.normalize = self._hoist_normalize(body)
+        # whether the image goes in as 0-255 values, as the classifier took it (its traced graph says it no more)
+        self.fcnkit_takes_0_255 = takes_0_255(convolutionalized)
         output = next(n for n in body.graph.nodes if n.op == "output")
         output.args = (tuple([*taps, trunk_end]),)
         body.graph.eliminate_dead_code()
