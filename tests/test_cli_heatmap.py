@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import fcnkit.cli.heatmap as cli_heatmap
+import fcnkit.inference
 from fcnkit.checkpoint import save_checkpoint
 from fcnkit.cli import main
 from fcnkit.models import build_model
@@ -91,3 +92,51 @@ def test_tiling_flags_are_checked(classifier, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("fcnkit: error: ") and message in err
     assert not (tmp_path / "h.png").exists()
+
+
+@pytest.mark.parametrize("choice", ["11", "-1", "cat"])
+def test_a_class_the_model_lacks_is_refused_before_any_tile_runs(classifier, tmp_path, capsys, monkeypatch, choice):
+    path, _ = classifier
+    _scene(tmp_path / "s.png", 40, 40)
+
+    def no_tiles(*args, **kwargs):
+        raise AssertionError("tiles ran before --class was checked")
+
+    monkeypatch.setattr(fcnkit.inference, "predict_tiled", no_tiles)
+    assert main(["heatmap", "--checkpoint", str(path), str(tmp_path / "s.png"), "--out", str(tmp_path / "h.png"),
+                 "--class", choice]) == 2
+    assert capsys.readouterr().err == (f"fcnkit: error: --class: expected a class index 0-10 or one of "
+                                       f"{', '.join(NAMES)}, found {choice!r}; pass one of those, or leave --class "
+                                       f"out for the most confident class.\n")
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_the_edge_band_without_window_centres_shows_the_image_alone(classifier, tmp_path, capsys, monkeypatch):
+    path, _ = classifier
+    _scene(tmp_path / "s.png", 40, 44)
+    drawn = {}
+    real = pictures.heatmap
+
+    def spy(scores, image, **kwargs):
+        drawn["heat"] = real(scores, image, **kwargs)
+        return drawn["heat"]
+
+    monkeypatch.setattr(pictures, "heatmap", spy)
+    assert main(["heatmap", "--checkpoint", str(path), str(tmp_path / "s.png"), "--out", str(tmp_path / "h.png"),
+                 "--class", "digit 3", "--quiet"]) == 0
+    # 32x32 windows at stride 4: centres from 16 to 24 (rows) and to 28 (columns); more than 2 px beyond, no value
+    heat = drawn["heat"]
+    assert np.isnan(heat[:14]).all() and np.isnan(heat[26:]).all()
+    assert np.isnan(heat[:, :14]).all() and np.isnan(heat[:, 30:]).all()
+    assert not np.isnan(heat[14:26, 14:30]).any()
+    assert ", 1 tile of " in capsys.readouterr().out  # one tile, not "1 tiles"
+
+
+def test_help_states_the_real_defaults():
+    from fcnkit.cli import build_parser
+    from fcnkit.inference.plan import DEFAULT_BUDGET
+
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["heatmap"].format_help().split())
+    assert DEFAULT_BUDGET == 2**30
+    assert "(default 1GB on CPU, at most half of the available memory; half of the free memory on a GPU)" in text
+    assert "tile side in pixels (default: the least work within --memory-limit)" in text

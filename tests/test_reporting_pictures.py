@@ -93,6 +93,20 @@ def test_upsample_can_leave_the_band_without_window_centres_empty_and_overlay_sh
     np.testing.assert_array_equal(blended[:, 2:12], overlay(image[:, 2:12], heat[:, 2:12], cmap="gray", alpha=0.5))
 
 
+def test_heatmap_draws_the_image_alone_where_no_window_is_centred_when_outside_is_nan(tmp_path) -> None:
+    scene = _scene()
+    plain = heatmap(_bright_square_detector(), scene, class_index=1)
+    heat = heatmap(_bright_square_detector(), scene, class_index=1, outside=np.nan, out=tmp_path / "h.png")
+    # 8x8 windows at stride 2: centres from 4 to 60 (rows) and 76 (columns); beyond half a stride of them, no value
+    assert np.isnan(heat[:3]).all() and np.isnan(heat[61:]).all() and np.isnan(heat[:, 77:]).all()
+    assert not np.isnan(heat[3:61, 3:77]).any()
+    np.testing.assert_array_equal(heat[3:61, 3:77], plain[3:61, 3:77])
+    assert not np.isnan(plain).any()  # the default keeps the nearest window's value there
+    with Image.open(tmp_path / "h.png") as png:
+        pixels = np.asarray(png.convert("RGB"))
+    assert (pixels[0:8, 0:8] == 0).all()  # the black image itself, not navy blended over it
+
+
 def test_overlay_blends_and_checks() -> None:
     image = np.full((4, 5, 3), 100, dtype=np.uint8)
     blended = overlay(image, np.ones((4, 5)), cmap="gray", alpha=0.5)

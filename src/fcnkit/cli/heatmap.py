@@ -24,13 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="class name, or index when no name matches (so on the digit scenes --class 7 is the "
                              "digit 7, index 8; default: the class with the highest probability anywhere, other "
                              "than 'background')")
-    parser.add_argument("--tile", type=int, help="tile side in pixels (default: the largest that fits in memory)")
-    parser.add_argument("--memory-limit", help="memory for the tiles, e.g. 4GB (default: half of the available memory)")
+    parser.add_argument("--tile", type=int, help="tile side in pixels (default: the least work within --memory-limit)")
+    parser.add_argument("--memory-limit",
+                        help="memory for the tiles, e.g. 4GB (default 1GB on CPU, at most half of the available "
+                             "memory; half of the free memory on a GPU)")
     parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _class_index(choice: str | None, names: list[str], probs) -> int:
+def _class_index(choice: str | None, names: list[str], probs=None) -> int:
+    """The index of ``--class`` among ``names``; without a choice, the class of the highest probability in
+    ``probs`` (K, H', W') other than 'background'."""
     from fcnkit.errors import InputError
 
     if choice is None:
@@ -42,13 +46,14 @@ def _class_index(choice: str | None, names: list[str], probs) -> int:
         return names.index(choice)
     if choice.lstrip("-").isdigit() and 0 <= int(choice) < len(names):
         return int(choice)
-    raise InputError(f"--class: expected a class index 0-{len(names) - 1} or one of {', '.join(names)}, got "
-                     f"{choice!r}.")
+    raise InputError(f"--class: expected a class index 0-{len(names) - 1} or one of {', '.join(names)}, found "
+                     f"{choice!r}; pass one of those, or leave --class out for the most confident class.")
 
 
 def run(args: argparse.Namespace) -> int:
     """The classifier, convolutionalized, runs tile by tile like ``fcnkit predict`` (exact, memory bounded by the
     tile); only the (K, H', W') probability grid and the picture are whole."""
+    import numpy as np
     import torch
 
     from fcnkit.cli.predict import check_tiling_flags
@@ -69,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint)
     names = (getattr(model, "fcnkit_meta", None) or {}).get("class_names")
+    count = (getattr(model, "fcnkit_spec", None) or {}).get("num_classes")
+    names = names or ([str(k) for k in range(int(count))] if count else None)
+    # a --class the model does not have is refused before any tile runs
+    k = _class_index(args.class_, names) if args.class_ is not None and names else None
     fcn = model if getattr(model, "output_kind", None) == "grid" else None
     if fcn is None:
         size = getattr(model, "input_size", None)
@@ -92,14 +101,18 @@ def run(args: argparse.Namespace) -> int:
                           progress=False if args.quiet else "fcnkit heatmap")  # (H', W', K)
     probs = torch.from_numpy(probs).permute(2, 0, 1)  # (K, H', W')
     names = names or [str(k) for k in range(probs.shape[0])]
-    k = _class_index(args.class_, names, probs)
+    k = _class_index(args.class_, names, probs) if k is None else k
     picture, step = _picture(image)
+    # outside=NaN: the edge band where no window is centred shows the image alone, as in the report's heat maps,
+    # rather than the nearest window's value smeared to the border
     heatmap(probs, picture, class_index=k, window=(window[0] / step, window[1] / step),
-            stride=(stride[0] / step, stride[1] / step), softmax=False, out=args.out, label=names[k])
+            stride=(stride[0] / step, stride[1] / step), softmax=False, out=args.out, label=names[k],
+            outside=np.nan)
     shown = "" if step == 1 else f", drawn at 1/{step} scale"
+    tiles = f"{len(plan.tiles)} tile{'' if len(plan.tiles) == 1 else 's'}"
     print(f"wrote {args.out}: class {k} ({names[k]}), peak probability {probs[k].max().item():.3f}, "
           f"{probs.shape[1]}x{probs.shape[2]} windows of {window[0]}x{window[1]} at stride {stride[0]}, "
-          f"{len(plan.tiles)} tiles of {plan.tile[0]}x{plan.tile[1]}{shown}")
+          f"{tiles} of {plan.tile[0]}x{plan.tile[1]}{shown}")
     return 0
 
 

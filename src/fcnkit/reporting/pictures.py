@@ -130,7 +130,7 @@ def class_scores(model: nn.Module, image: object) -> tuple[torch.Tensor, tuple[i
 def heatmap(scores_or_model: nn.Module | np.ndarray | torch.Tensor, image: object, *, class_index: int,
             out: str | os.PathLike | None = None, window: tuple[int, int] | None = None,
             stride: tuple[int, int] | None = None, softmax: bool = True, cmap: str = "jet", alpha: float = 0.5,
-            label: str | None = None) -> np.ndarray:
+            label: str | None = None, outside: float | None = None) -> np.ndarray:
     """The heat map of class ``class_index`` over ``image`` (H, W, C): an (H, W) float32 map in [0, 1].
 
     ``scores_or_model`` is a classifier (convolutionalized on the fly at its ``input_size``), a convolutionalized
@@ -139,7 +139,9 @@ def heatmap(scores_or_model: nn.Module | np.ndarray | torch.Tensor, image: objec
     window centres at ``stride*i + window/2`` (:func:`upsample_grid`), and, if ``out`` is given, drawn over the
     image in ``cmap`` with a colour bar and saved as a PNG of ``(H*z) x (W*z + COLORBAR_PX*b)`` pixels, where the
     zoom ``z`` is the smallest whole number making the shorter image side at least ``MIN_SIDE_PX`` and the bar
-    scale ``b = max(1, round(H*z / BAR_REFERENCE_PX))`` keeps the bar readable on tall pictures.
+    scale ``b = max(1, round(H*z / BAR_REFERENCE_PX))`` keeps the bar readable on tall pictures. ``outside`` is
+    the value of the edge band where no window is centred (:func:`upsample_grid`): ``np.nan`` draws the image alone
+    there; None (the default) extends the nearest window's value.
     """
     if isinstance(scores_or_model, nn.Module):
         logits, window, stride = class_scores(scores_or_model, image)
@@ -156,7 +158,7 @@ def heatmap(scores_or_model: nn.Module | np.ndarray | torch.Tensor, image: objec
     probs = torch.softmax(logits, dim=0) if softmax else logits
     rgb = as_rgb(image)
     heat = upsample_grid(probs[class_index].numpy(), image_size=rgb.shape[:2], window=tuple(window),
-                         stride=tuple(stride))
+                         stride=tuple(stride), outside=outside)
     if out is not None:
         _save(out, rgb, heat, cmap=cmap, alpha=alpha, label=label or f"class {class_index}")
     return heat
