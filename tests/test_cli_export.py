@@ -132,8 +132,25 @@ def test_exports_follow_the_umask(tmp_path, checkpoint, fmt):
         assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out),
                      "--size", "40", "40"]) == 0
         os.umask(0o027)
-        assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(tmp_path / "g"),
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(tmp_path / f"g.{fmt}"),
                      "--size", "40", "40"]) == 0
     finally:
         os.umask(old)
-    assert (out.stat().st_mode & 0o777, (tmp_path / "g").stat().st_mode & 0o777) == (0o644, 0o640)
+    assert (out.stat().st_mode & 0o777, (tmp_path / f"g.{fmt}").stat().st_mode & 0o777) == (0o644, 0o640)
+
+
+@pytest.mark.parametrize(("fmt", "name", "message"), [
+    ("onnx", "d.pt2", "--format onnx expects a name ending in .onnx, found .pt2; name it {dir}/d.onnx (or pass "
+                      "--format pt2 to write a .pt2 file)."),
+    ("pt2", "d", "--format pt2 expects a name ending in .pt2, found no suffix; name it {dir}/d.pt2."),
+    ("safetensors", "d.st", "--format safetensors expects a name ending in .safetensors, found .st; name it "
+                            "{dir}/d.safetensors."),
+    ("torchscript", "d.onnx", "--format torchscript expects a name not ending in .onnx, .pt2, .safetensors, which "
+                              "name the other formats, found .onnx; name it {dir}/d.ts (or pass --format onnx to "
+                              "write a .onnx file)."),
+])
+def test_an_out_named_for_another_format_is_refused(tmp_path, checkpoint, capsys, fmt, name, message):
+    out = tmp_path / name
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"fcnkit: error: --out {out}: {message.format(dir=tmp_path)}\n"
+    assert sorted(tmp_path.iterdir()) == [checkpoint]  # nothing written

@@ -17,6 +17,8 @@ fcnkit export --checkpoint runs/scenes/best.pt --format pt2 --out fcn8s.pt2
 fcnkit export --checkpoint runs/scenes/best.pt --format safetensors --out fcn8s.safetensors"""
 
 FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
+# fcnkit (and onnxruntime, torch.export, safetensors) tell these formats by the suffix; TorchScript has none of its own
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
 
+def check_suffix(out: Path, fmt: str) -> None:
+    """Refuse an ``--out`` whose suffix names another format than ``--format`` (an ONNX file named .pt2 is then
+    read as a torch.export archive, and refused as a broken one)."""
+    found, wanted = out.suffix.lower(), SUFFIXES.get(fmt)
+    if found == wanted or (wanted is None and found not in SUFFIXES.values()):
+        return
+    other = next((name for name, suffix in SUFFIXES.items() if suffix == found), None)
+    instead = f" (or pass --format {other} to write a {found} file)" if other else ""
+    expected = (f"a name ending in {wanted}" if wanted else
+                f"a name not ending in {', '.join(SUFFIXES.values())}, which name the other formats")
+    raise InputError(f"--out {out}: --format {fmt} expects {expected}, found {found or 'no suffix'}; name it "
+                     f"{out.with_suffix(wanted or '.ts')}{instead}.")
+
+
 def run(args: argparse.Namespace) -> int:
     from fcnkit import export
 
@@ -42,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if min(args.size) < 1:
         raise InputError(f"--size: expected a positive height and width, found {args.size[0]} {args.size[1]}; "
                          f"e.g. --size 64 64.")
+    check_suffix(out, args.format)
     from fcnkit.loading import load_model
 
     model = load_model(args.checkpoint)
