@@ -242,10 +242,10 @@ def test_a_channel_count_that_cannot_be_converted_is_refused_naming_the_file(che
     assert not (tmp_path / "o.png").exists()
 
 
-def _run(argv: list[str]) -> subprocess.Popen:
+def _run(argv: list[str], stdout: int = subprocess.DEVNULL) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "fcnkit", "predict", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
@@ -262,14 +262,16 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(checkpoint, tmp_path):
         if journal.exists() and len(journal.read_text().splitlines()) > 6:  # header + a few finished tiles
             break
         time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-500:]}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = len(journal.read_text().splitlines()) - 1
     assert 0 < finished < total and not out.exists()
 
-    resumed = _run([*argv, "--resume"])
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-1000:]
+    resumed = _run([*argv, "--resume"], stdout=subprocess.PIPE)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-1000:]
+    # its speed counts the tiles it computed, not those the killed run had finished
+    assert f"{total} tiles of 8×8 (halo 32, 68.40× work, {finished} done by an earlier run), " in resumed.stdout.read()
     assert not journal.exists()
     labels = zarr.open_group(str(out))["0"][:]
     np.testing.assert_array_equal(labels, _expected(checkpoint, image))
@@ -280,3 +282,62 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(checkpoint, tmp_path):
     assert whole.wait(timeout=300) == 0
     np.testing.assert_array_equal(labels, zarr.open_group(str(fresh))["0"][:])
     check_ome_zarr(fresh)
+
+
+def test_an_output_that_would_replace_an_input_is_refused_even_with_overwrite(checkpoint, tmp_path, capsys):
+    image = _png(tmp_path / "a.png", 16, 16)
+    argv = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "a.png")]
+    assert main([*argv, "--overwrite"]) == 2
+    assert capsys.readouterr().err == (f"fcnkit: error: --out {tmp_path / 'a.png'} is the input {tmp_path / 'a.png'}: "
+                                       f"writing it would replace the image; choose another --out.\n")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), image)  # the photo is still there
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path),
+                 "--format", ".png", "--overwrite"]) == 2  # the folder's a.png is the input too
+    assert "is the input" in capsys.readouterr().err
+
+
+def test_every_input_is_checked_before_the_first_is_written(checkpoint, tmp_path, capsys):
+    _png(tmp_path / "a.png", 16, 16)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), str(tmp_path / "missing.png"),
+                 "--out", str(tmp_path / "out") + "/"]) == 2
+    assert capsys.readouterr().err == (f"fcnkit: error: input {tmp_path / 'missing.png'} does not exist; check the "
+                                       f"path and its spelling (nothing was written).\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_named_like_a_file_and_a_window_classifier_are_refused_with_the_way_on(tmp_path, capsys, checkpoint):
+    _png(tmp_path / "a.png", 40, 40)
+    (tmp_path / "adir.png").mkdir()
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "adir.png")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fcnkit: error: --out {tmp_path / 'adir.png'}: an existing folder, named like a .png file; to write into it "
+        f"end --out with a slash ({tmp_path / 'adir.png'}/), or pass another name for the output file.")
+    classifier = save_checkpoint(tmp_path / "clf.pt", model=fcnkit.build_model("digit_classifier", num_classes=3,
+                                                                                 width=0.25))
+    assert main(["predict", "--checkpoint", str(classifier), str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "o.png")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fcnkit: error: --checkpoint {classifier}: a window classifier (one class per 32x32 window), not a model of "
+        f"images; make it a heat-map FCN with `fcnkit convert --checkpoint {classifier} --out FCN.pt` and predict "
+        f"with FCN.pt, or draw its maps with `fcnkit heatmap --checkpoint {classifier} IMAGE`.")
+
+
+def test_an_overlay_of_a_heat_map_grid_colours_the_centres_of_its_windows(tmp_path):
+    """A convolutionalized classifier gives one class per 32x32 window: each cell colours the pixel at its window's
+    centre; the 16-px band where no window is centred shows the image alone."""
+    torch.manual_seed(0)
+    classifier = fcnkit.build_model("digit_classifier", num_classes=3, width=0.25).eval()
+    fcn = fcnkit.convolutionalize(classifier, input_size=(32, 32))
+    path = save_checkpoint(tmp_path / "fcn.pt", model=fcn, palette=PALETTE)
+    image = _png(tmp_path / "a.png", 72, 80)
+    assert main(["predict", "--checkpoint", str(path), str(tmp_path / "a.png"), "--out", str(tmp_path / "o.png"),
+                 "--output", "overlay", "--quiet"]) == 0
+    picture = np.asarray(Image.open(tmp_path / "o.png"))[:72]  # the legend strip below it
+    grid = predict(fcnkit.load_checkpoint(path), image, output="labels")  # (72 - 32) / 4 + 1 = 11 cells
+    s, half = fcn.stride[0], (32 - fcn.stride[0]) // 2
+    assert grid.shape == (11, 13) and s == 4
+    np.testing.assert_array_equal(picture[:half], image[:half])  # no window is centred in the top band
+    np.testing.assert_array_equal(picture[:, :half], image[:, :half])
+    blend = np.rint(0.5 * image[half + 5, half + 9] + 0.5 * PALETTE[grid[5 // s, 9 // s]])
+    np.testing.assert_array_equal(picture[half + 5, half + 9], blend)

@@ -92,8 +92,15 @@ def run(args: argparse.Namespace) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(args.checkpoint, map_location="cpu")
+    if getattr(model, "output_kind", "dense") == "classifier":
+        h, w = getattr(model, "input_size", None) or ("H", "W")
+        raise InputError(f"--checkpoint {args.checkpoint}: a window classifier (one class per {h}x{w} window), not "
+                         f"a model of images; make it a heat-map FCN with `fcnkit convert --checkpoint "
+                         f"{args.checkpoint} --out FCN.pt` and predict with FCN.pt, or draw its maps with `fcnkit "
+                         f"heatmap --checkpoint {args.checkpoint} IMAGE`.")
     targets = _targets([Path(p) for p in args.inputs], Path(args.out), args.out.endswith(("/", "\\")),
                        args.output, args.suffix)
+    _check_inputs(targets)
     args.client = _distributed().connect(args.scheduler) if args.scheduler else None  # one cluster for all inputs
     try:
         for finished, (source, target) in enumerate(targets):
@@ -126,6 +133,9 @@ def _targets(inputs: list[Path], out: Path, folder_hint: bool, output: str, suff
             raise InputError(f"--format {suffix} applies to an --out folder; for one input the suffix of --out "
                              f"({out.name}) decides the format, so leave --format out.")
         return [(inputs[0], out)]
+    if len(inputs) == 1 and not folder_hint and _output_suffix(out):  # an existing folder named like a file
+        raise InputError(f"--out {out}: an existing folder, named like a {_output_suffix(out)} file; to write into "
+                         f"it end --out with a slash ({out}/), or pass another name for the output file.")
     if store or out.exists() and not out.is_dir() or _output_suffix(out) and not folder_hint:
         what = "an existing zarr store" if store else "a file" if out.exists() else f"a {_output_suffix(out)} file name"
         count = f"{len(inputs)} inputs" if len(inputs) > 1 else "a folder target (trailing /)"
@@ -146,6 +156,20 @@ def _targets(inputs: list[Path], out: Path, folder_hint: bool, output: str, suff
         seen[target] = path
         pairs.append((path, target))
     return pairs
+
+
+def _check_inputs(targets: list[tuple[Path, Path]]) -> None:
+    """Before any work: every input is there, and no output would replace an input."""
+    from fcnkit.errors import InputError
+
+    sources = {source.resolve(): source for source, _ in targets}
+    for source, target in targets:
+        if not source.exists():
+            raise InputError(f"input {source} does not exist; check the path and its spelling (nothing was "
+                             f"written).")
+        if target.resolve() in sources:
+            raise InputError(f"--out {target} is the input {sources[target.resolve()]}: writing it would replace the "
+                             f"image; choose another --out.")
 
 
 def _default_suffix(source: Path, output: str) -> str:
@@ -208,12 +232,16 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
                        kind=kind, palette=palette if kind == "labels" else None,
                        metadata={"source": source.name, "output": output, "class_names": meta.get("class_names")},
                        plan_key=plan_key, identity=identity) as out, on_interrupt(lambda: _saved(out, plan, args)):
+        resumed = len(getattr(out, "done", ()) or ())  # tiles an earlier run finished: not computed now
         _compute(model, image, out, plan, output, args)
     if not args.quiet:
         seconds = time.perf_counter() - started
-        megapixels = image.shape[0] * image.shape[1] / 1e6
-        print(f"{target}: {plan.shape[0]}×{plan.shape[1]} {output}, {len(plan.tiles)} tiles of "
-              f"{plan.tile[0]}×{plan.tile[1]} (halo {plan.halo}, {plan.overhead:.2f}× work), "
+        n = len(plan.tiles)
+        # the speed of this run: the image's pixels in the share of its tiles this run computed
+        megapixels = image.shape[0] * image.shape[1] / 1e6 * (n - resumed) / n
+        done_before = f", {resumed} done by an earlier run" if resumed else ""
+        print(f"{target}: {plan.shape[0]}×{plan.shape[1]} {output}, {n} tile{'s' if n != 1 else ''} of "
+              f"{plan.tile[0]}×{plan.tile[1]} (halo {plan.halo}, {plan.overhead:.2f}× work{done_before}), "
               f"{megapixels / seconds:.2f} MP/s")
 
 
@@ -318,6 +346,19 @@ def _previous_tile(target: Path) -> tuple[int, int] | None:
     return height, width
 
 
+def _on_the_image(grid: np.ndarray, model: Any, stride: int, height: int, width: int) -> np.ndarray:
+    """A model's labels placed on the image's pixels: a dense model's as they are; a heat-map grid's cell (i, j)
+    over the stride × stride block at the centre of its window (a convolutionalized classifier's window starts at
+    (stride·i, stride·j)), and -1 where no window is centred (the image's edges)."""
+    window = getattr(model, "window", None)
+    oy, ox = ((w - stride) // 2 for w in window) if window is not None else (0, 0)
+    block = np.repeat(np.repeat(grid, stride, axis=0), stride, axis=1)
+    h, w = max(0, min(block.shape[0], height - oy)), max(0, min(block.shape[1], width - ox))
+    labels = np.full((height, width), -1, np.int64)
+    labels[oy:oy + h, ox:ox + w] = block[:h, :w]
+    return labels
+
+
 def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any, args: argparse.Namespace,
                    identity: dict) -> None:
     """The image with each pixel's class colour blended in (50 %) and a legend strip below it (colour and name of
@@ -333,15 +374,16 @@ def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any
     if height * width > 64e6:
         raise InputError(f"--output overlay builds the whole {height}×{width} picture in memory; use --output labels "
                          f"(e.g. to .ome.zarr) for images above 64 megapixels.")
-    labels = predict_tiled(model, image, plan=plan, output="labels", progress=not args.quiet)
-    s = plan.stride  # a heat-map grid: each label covers an s×s block of the image
-    labels = np.repeat(np.repeat(labels, s, axis=0), s, axis=1)[:height, :width]
+    grid = predict_tiled(model, image, plan=plan, output="labels", progress=not args.quiet)
+    labels = _on_the_image(grid, model, plan.stride, height, width)  # -1 where no window is centred
     colours = np.asarray(palette if palette is not None else voc_palette(256), np.uint8)
     colours = np.concatenate([colours, np.zeros((max(0, int(labels.max()) + 1 - len(colours)), 3), np.uint8)])
     picture = display_rgb(image[0:height, 0:width])
-    blended = (1 - _OVERLAY_ALPHA) * picture + _OVERLAY_ALPHA * colours[labels]
+    blended = picture.astype(np.float64)
+    shown = labels >= 0
+    blended[shown] = (1 - _OVERLAY_ALPHA) * picture[shown] + _OVERLAY_ALPHA * colours[labels[shown]]
     names = (getattr(model, "fcnkit_meta", None) or {}).get("class_names") or []
-    present = np.unique(labels).tolist()  # the legend lists the classes the picture shows
+    present = np.unique(labels[shown]).tolist()  # the legend lists the classes the picture shows
     legend = legend_strip(width, [(names[k] if k < len(names) else f"class {k}", colours[k]) for k in present])
     with create_output(target, (height + len(legend), width, 3), np.uint8, overwrite=args.overwrite or args.resume,
                        kind="image", metadata={"class_names": names or None, "legend_rows": len(legend),
