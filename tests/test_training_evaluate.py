@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import fcnkit
+import fcnkit.cli
 from fcnkit.checkpoint import save_checkpoint
 from fcnkit.errors import DataError, ModelError
 from fcnkit.training.evaluate import (METRICS, check_kind, evaluate_checkpoint, evaluate_dense, evaluate_windows,
@@ -86,6 +87,20 @@ def test_evaluate_checkpoint_on_scenes(checkpoint):
                                         r"classes; leave --num-classes out or set it to 11\."):
         evaluate_checkpoint(str(checkpoint), "scenes:48", num_classes=3, count=1, device="cpu")
 
+
+
+def test_a_convolutionalized_classifier_is_sent_back_to_the_classifier_it_came_from(tmp_path):
+    torch.manual_seed(0)
+    classifier = fcnkit.build_model("digit_classifier", num_classes=11, width=0.125).eval()
+    path = save_checkpoint(tmp_path / "digits.pt", model=classifier, class_names=[f"c{i}" for i in range(11)])
+    fcn = tmp_path / "digits-fcn.pt"
+    assert fcnkit.cli.main(["convert", "--checkpoint", str(path), "--out", str(fcn)]) == 0
+    with pytest.raises(ModelError) as refused:
+        evaluate_checkpoint(str(fcn), "scenes:48", count=1, device="cpu")
+    assert str(refused.value) == (
+        f"checkpoint '{fcn}': expected a dense segmentation model or a window classifier, found output_kind 'grid'; "
+        f"a grid of window scores is not scored by eval: evaluate the window classifier it was converted from "
+        f"instead (the checkpoint given to `fcnkit convert`, e.g. its run's best.pt).")
 
 class _FixedMaps(nn.Module):
     """A stand-in for a convolutionalized classifier: 12x12 windows at stride 4, fixed score maps."""

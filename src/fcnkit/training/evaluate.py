@@ -20,13 +20,19 @@ from fcnkit.metrics import ConfusionMeter
 METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 
 
-def check_kind(model: nn.Module, where: str) -> str:
-    """The model's ``output_kind``, refusing heat-map grids, whose output is not one label per pixel."""
+TRAIN_THE_CLASSIFIER = "train the classifier itself (e.g. digit_classifier) and convolutionalize it afterwards"
+EVALUATE_THE_CLASSIFIER = ("a grid of window scores is not scored by eval: evaluate the window classifier it was "
+                           "converted from instead (the checkpoint given to `fcnkit convert`, e.g. its run's best.pt)")
+
+
+def check_kind(model: nn.Module, where: str, fix: str = TRAIN_THE_CLASSIFIER) -> str:
+    """The model's ``output_kind``, refusing heat-map grids, whose output is not one label per pixel; ``fix`` is
+    what the refusal tells the user to do instead (training's by default)."""
     kind = getattr(model, "output_kind", "dense")
     if kind not in ("dense", "classifier"):
         raise ModelError(
             f"{where}: expected a dense segmentation model or a window classifier, found output_kind {kind!r}; "
-            f"train the classifier itself (e.g. digit_classifier) and convolutionalize it afterwards."
+            f"{fix}."
         )
     return kind
 
@@ -113,7 +119,7 @@ def evaluate_checkpoint(
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(checkpoint, map_location=dev)
-    kind = check_kind(model, f"checkpoint '{checkpoint}'")
+    kind = check_kind(model, f"checkpoint '{checkpoint}'", EVALUATE_THE_CLASSIFIER)
     k = model.fcnkit_spec["num_classes"]
     if num_classes is not None and num_classes != k:
         raise DataError(f"--num-classes {num_classes} does not match checkpoint '{checkpoint}', which predicts {k} "
