@@ -12,7 +12,8 @@ fcnkit report runs/fcn8s --out fcn8s-report.html
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `fcnkit train` (metrics.jsonl, last.pt)")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="a folder written by `fcnkit train` (metrics.jsonl, last.pt)")
     parser.add_argument("--out", help="the HTML file to write (default RUN_DIR/report.html, replaced if it exists)")
 
 

@@ -160,7 +160,8 @@ class Report:
         data = base64.b64encode(_png_bytes(image)).decode("ascii")
         alt = html.escape(caption or title)
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.sections.append(_Section(title, f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">{cap}</figure>'))
+        self.sections.append(
+            _Section(title, f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">{cap}</figure>'))
 
     def render(self) -> str:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

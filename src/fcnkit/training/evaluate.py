@@ -47,7 +47,8 @@ def evaluate_dense(
 ) -> ConfusionMeter:
     """Confusion over the whole images of ``dataset`` (items ``(image (H, W, 3) uint8, label (H, W))``).
 
-    Each image goes through :func:`fcnkit.predict`, the whole-image reference (the model pads itself). Under DDP each rank predicts a strided share of the images; the matrices are summed across ranks.
+    Each image goes through :func:`fcnkit.predict`, the whole-image reference (the model pads itself). Under DDP
+    each rank predicts a strided share of the images; the matrices are summed across ranks.
     """
     from fcnkit.inference.tiled import predict
 

@@ -151,8 +151,9 @@ class Batches:
 
     def __init__(self, data: TrainData, cfg: TrainConfig, dist: Dist, *, start_step: int):
         if cfg.batch_size % dist.world_size:
+            fitting = cfg.batch_size + dist.world_size - cfg.batch_size % dist.world_size
             raise InputError(f"batch_size: expected a multiple of the {dist.world_size} processes, found "
-                             f"{cfg.batch_size}; pass --batch-size {cfg.batch_size + dist.world_size - cfg.batch_size % dist.world_size}.")
+                             f"{cfg.batch_size}; pass --batch-size {fitting}.")
         self.local = cfg.batch_size // dist.world_size
         self.dist, self.seed, self.step = dist, cfg.seed, start_step
         self.windows = data.train_windows
