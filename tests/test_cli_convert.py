@@ -67,3 +67,17 @@ def test_cli_errors(classifier_checkpoint, scene, tmp_path, capsys) -> None:
     assert "--class: expected a class index 0-10 or one of background" in capsys.readouterr().err
     assert main(["convert", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "y.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_convert_refuses_another_suffix_and_another_window_before_any_work(classifier_checkpoint, tmp_path,
+                                                                            capsys) -> None:
+    path, _ = classifier_checkpoint
+    assert main(["convert", "--checkpoint", str(path), "--out", str(tmp_path / "c.onnx")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fcnkit: error: --out {tmp_path / 'c.onnx'}: fcnkit convert writes a .pt checkpoint; name it with .pt (e.g. "
+        f"fcn.pt), then `fcnkit export` makes ONNX, .pt2 or safetensors files of it.")
+    assert main(["convert", "--checkpoint", str(path), "--input-size", "33", "33", "--out", str(tmp_path / "c.pt")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fcnkit: error: --input-size 33 33: the classifier in {path} takes 32x32 windows; leave --input-size out (or "
+        f"pass 32 32).")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.pt"]  # nothing written

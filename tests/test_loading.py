@@ -314,6 +314,18 @@ def test_a_pt2_models_geometry_is_read_from_its_graph_not_probed(pt2, monkeypatc
     assert geometry == fcnkit.analyze(model)
 
 
+def test_copying_a_pt2_model_says_nothing_of_torchs_own_deprecations(pt2):
+    import copy
+
+    exported = load_model(pt2[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PyTorch 2.13 warns of its own LeafSpec check while its specs are copied
+        clone = copy.deepcopy(exported)
+    x = torch.rand(1, 3, 24, 40) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), exported(x))
+
+
 def test_pt2_model_pickles_with_its_weights_as_they_are_now(pt2, tmp_path):
     import copy
     import pickle

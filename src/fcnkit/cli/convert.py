@@ -26,13 +26,21 @@ def run(args: argparse.Namespace) -> int:
     from fcnkit.io.atomic import check_target
     from fcnkit.loading import load_model
 
+    if not args.out.lower().endswith((".pt", ".pth")):
+        raise InputError(f"--out {args.out}: fcnkit convert writes a .pt checkpoint; name it with .pt (e.g. "
+                         f"fcn.pt), then `fcnkit export` makes ONNX, .pt2 or safetensors files of it.")
     check_target(args.out, overwrite=args.overwrite)  # before any work, and before save_checkpoint's own mkdir
     classifier = load_model(args.checkpoint)
     if getattr(classifier, "output_kind", None) != "classifier":
         raise CheckpointError(f"--checkpoint {args.checkpoint}: expected a classifier checkpoint (N, K output), "
                               f"found a {getattr(classifier, 'output_kind', 'unknown')!r} model; convert a model "
                               f"trained as a classifier, e.g. digit_classifier.")
-    size = args.input_size or getattr(classifier, "input_size", None)
+    trained = getattr(classifier, "input_size", None)
+    if args.input_size is not None and trained is not None and tuple(args.input_size) != tuple(trained):
+        raise InputError(f"--input-size {args.input_size[0]} {args.input_size[1]}: the classifier in "
+                         f"{args.checkpoint} takes {trained[0]}x{trained[1]} windows; leave --input-size out (or "
+                         f"pass {trained[0]} {trained[1]}).")
+    size = args.input_size or trained
     if size is None:
         raise InputError(f"--input-size: the classifier in {args.checkpoint} does not state its window size; pass "
                          f"--input-size H W (the size it was trained on).")

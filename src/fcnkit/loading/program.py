@@ -3,8 +3,11 @@ file."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +82,8 @@ class ExportedModel(nn.Module):
         # pickling (below) would.
         clone = object.__new__(type(self))
         memo[id(self)] = clone
-        clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        with _torch_deprecations_quiet():
+            clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
         return clone
 
     def __getstate__(self) -> dict:
@@ -139,6 +143,15 @@ class ExportedModel(nn.Module):
     def __repr__(self) -> str:  # not the program's hundreds of anonymous submodules
         return (f"ExportedModel(path={str(self.path)!r}, in_channels={self.in_channels}, "
                 f"num_classes={self.fcnkit_spec['num_classes']})")
+
+
+@contextlib.contextmanager
+def _torch_deprecations_quiet() -> Iterator[None]:
+    """Copying a program's module copies torch's own pytree specs, and PyTorch 2.13 warns about its own deprecated
+    ``LeafSpec`` check there (a FutureWarning no fcnkit user can act on): silenced for the copy only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        yield
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
