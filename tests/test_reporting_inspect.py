@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import fcnkit
 from fcnkit.errors import InputError, ModelError
 from fcnkit.reporting.inspect import default_size, format_report, inspect_model, layer_macs, layer_table
 
@@ -141,3 +142,15 @@ def test_a_torch_export_program_counts_the_same_flops_as_its_model(tmp_path):
     assert [(r.name, r.type, r.output_shape) for r in report.layers] == [("", "ExportedModel", (1, 5, 67, 93))]
     assert report.flops == reference.flops > 0
     assert report.layers[0].params == sum(p.numel() for p in model.parameters())
+
+
+def test_a_classifier_at_another_size_is_told_its_window_and_the_convert_command():
+    model = fcnkit.build_model("digit_classifier", num_classes=11, width=0.125)
+    with pytest.raises(InputError) as refused:
+        inspect_model(model, size=(20, 20))
+    assert str(refused.value) == (
+        "size 20x20: expected 32x32, the one window size this classifier takes; leave --size out to inspect it at "
+        "32x32, or convolutionalize it to run on any size of at least 32x32: `fcnkit convert --checkpoint CKPT "
+        "--out fcn.pt`, then `fcnkit inspect --checkpoint fcn.pt --size H W` (from Python: "
+        "inspect_model(fcnkit.convolutionalize(model, input_size=(32, 32)), size=(H, W))).")
+    assert inspect_model(Classifier(), size=(20, 20)).output_shape == (1, 5)  # one that runs at any size still does

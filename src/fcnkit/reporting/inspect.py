@@ -211,6 +211,11 @@ def inspect_model(model: nn.Module, *, size: tuple[int, int] | None = None, in_c
     try:
         rows, out_shape = layer_table(model, size=size, in_channels=in_channels)
         geometry, note = _geometry(model, in_channels, output_kind)
+    except FcnkitError:
+        window = getattr(model, "input_size", None)
+        if output_kind != "classifier" or window is None or tuple(int(v) for v in window) == size:
+            raise
+        raise InputError(_window_advice(size, tuple(int(v) for v in window))) from None
     finally:
         model.train(was_training)
     params = list(model.parameters())
@@ -227,6 +232,16 @@ def inspect_model(model: nn.Module, *, size: tuple[int, int] | None = None, in_c
         geometry=geometry,
         geometry_note=note,
     )
+
+
+def _window_advice(size: tuple[int, int], window: tuple[int, int]) -> str:
+    """What to do when a fixed-window classifier is inspected at another size: its own window, or its
+    convolutionalized form, which runs at any size (named for the command line and for Python)."""
+    (h, w), (wh, ww) = size, window
+    return (f"size {h}x{w}: expected {wh}x{ww}, the one window size this classifier takes; leave --size out to "
+            f"inspect it at {wh}x{ww}, or convolutionalize it to run on any size of at least {wh}x{ww}: "
+            f"`fcnkit convert --checkpoint CKPT --out fcn.pt`, then `fcnkit inspect --checkpoint fcn.pt --size H W` "
+            f"(from Python: inspect_model(fcnkit.convolutionalize(model, input_size=({wh}, {ww})), size=(H, W))).")
 
 
 def _method(g: dict) -> str:
