@@ -76,7 +76,8 @@ def test_convert_refuses_another_suffix_and_another_window_before_any_work(class
     assert capsys.readouterr().err.strip() == (
         f"fcnkit: error: --out {tmp_path / 'c.onnx'}: fcnkit convert writes a .pt checkpoint; name it with .pt (e.g. "
         f"fcn.pt), then `fcnkit export` makes ONNX, .pt2 or safetensors files of it.")
-    assert main(["convert", "--checkpoint", str(path), "--input-size", "33", "33", "--out", str(tmp_path / "c.pt")]) == 2
+    argv = ["convert", "--checkpoint", str(path), "--input-size", "33", "33", "--out", str(tmp_path / "c.pt")]
+    assert main(argv) == 2
     assert capsys.readouterr().err.strip() == (
         f"fcnkit: error: --input-size 33 33: the classifier in {path} takes 32x32 windows; leave --input-size out (or "
         f"pass 32 32).")

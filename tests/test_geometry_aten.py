@@ -135,3 +135,15 @@ def test_an_unpooling_needs_the_indices_of_a_pooling():
     node = graph.call_function(torch.ops.aten.max_unpool2d.default, (x, indices, [8, 8]))
     op = aten_op(node, torch.fx.GraphModule(nn.Module(), graph))
     assert (op.kind, op.name) == ("unknown", "aten.max_unpool2d with indices of no max_pool2d_with_indices")
+
+
+def test_mtcnn_pnets_program_reads_as_the_trained_network(mtcnn):
+    """A real network from elsewhere (facenet-pytorch's trained P-Net: unpadded convolutions, PReLU, a ceil-mode
+    pooling, two heads): its torch.export program reads as the eager network does."""
+    net = mtcnn("pnet")
+    graph = analyze_graph(_program(net))
+    expected = fcnkit.analyze(net)
+    assert graph.unknown is None and expected.method == "traced"
+    read = (graph.receptive_field, graph.output_stride, graph.input_multiple, graph.padding)
+    assert read == (expected.receptive_field, expected.output_stride, expected.input_multiple, expected.padding)
+    assert read == (12, 2, 2, "valid")

@@ -191,7 +191,8 @@ RULES: dict[str, Rule] = {
     "window": _window_rule, "resample": _resample_rule, "shuffle": _shuffle_rule, "pad": _pad_rule,
     "pad_to_multiple": _pad_to_multiple_rule, "pointwise": _pointwise_rule, "channelwise": _pointwise_rule,
     "cast": _cast_rule, "softmax": _softmax_rule, "reduction": layout.reduce, "reshape": layout.reshape,
-    "permute": layout.permute, "getitem": layout.getitem, "slice": layout.slice_axis, "concat": layout.concat, "split": layout.split,
+    "permute": layout.permute, "getitem": layout.getitem, "slice": layout.slice_axis, "concat": layout.concat,
+    "split": layout.split,
     "shape": lambda prop, node, op: None, "linear": _linear_rule, "layer_norm": _layer_norm_rule,
     "matmul": _matmul_rule, "adaptive": _nonlocal_rule, "nonlocal": _nonlocal_rule, "unknown": _unknown_rule,
 }
