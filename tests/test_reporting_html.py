@@ -96,6 +96,7 @@ def test_report_loads_in_headless_chromium(tmp_path):
 def test_numbers_read_as_a_person_writes_them():
     report = Report("numbers")
     report.add_key_values("Settings", {"width": 1.0, "seconds": 516.0, "lr": 0.003, "score": 0.95823, "diff": 1.53e-05,
-                                       "zero": 0.0, "total (s)": 1183.62, "missing": float("nan")})
+                                       "zero": 0.0, "total (s)": 1183.62, "missing": float("nan"), "half": 0.5,
+                                       "time (s)": 174.2, "thousands": 2000.04})
     cells = re.findall(r'<td class="num">([^<]*)</td>', report.render())
-    assert cells == ["1", "516", "0.0030", "0.9582", "1.53e-05", "0", "1,183.6", "–"]
+    assert cells == ["1", "516", "0.003", "0.9582", "1.53e-05", "0", "1,183.6", "–", "0.5", "174.2", "2,000"]

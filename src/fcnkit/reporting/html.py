@@ -64,7 +64,8 @@ class _Section:
     body: str
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, *, scores: bool = False) -> str:
+    """A cell's text. ``scores``: a column of scores in [0, 1], all with four decimals so that they line up."""
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
@@ -72,21 +73,26 @@ def _fmt(value: Any) -> str:
             return f"{int(value):,}"
         if abs(value) < 1e-3:  # 1.5e-05 would print as 0.0000
             return f"{value:.2e}"
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+        if scores:
+            return f"{value:.4f}"
+        # four decimals at most, without trailing zeros: a width of 0.5 and 174.2 s read as 0.5 and 174.2
+        text = f"{value:.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+        return text.rstrip("0").rstrip(".")
     if isinstance(value, (list, tuple)):
         return " × ".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else html.escape(str(value))
     return html.escape(str(value))
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, *, scores: bool = False) -> str:
     klass = ' class="num"' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-    return f"<td{klass}>{_fmt(value)}</td>"
+    return f"<td{klass}>{_fmt(value, scores=scores)}</td>"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, table_id: str | None = None) -> str:
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, table_id: str | None = None,
+           scores: bool = False) -> str:
     ident = f' id="{html.escape(table_id)}"' if table_id else ""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(v, scores=scores) for v in row) + "</tr>" for row in rows)
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -132,7 +138,7 @@ class Report:
     def add_metrics(self, title: str, scores: Mapping[str, Any], class_names: Sequence[str] | None = None) -> None:
         """The four FCN metrics, then per-class IU (with a bar), from ``fcnkit.metrics.scores``'s dict."""
         rows = [(label, float(scores[key])) for key, label in _METRIC_NAMES.items() if key in scores]
-        body = _table(["metric", "value"], rows, table_id="metrics")
+        body = _table(["metric", "value"], rows, table_id="metrics", scores=True)
         ious = scores.get("iu")
         if ious is not None:
             names = list(class_names) if class_names is not None else [str(i) for i in range(len(ious))]
@@ -142,7 +148,8 @@ class Report:
             for name, iu in zip(names, ious):
                 iu = float(iu)
                 bar = "" if math.isnan(iu) else f'<span class="bar" style="width:{iu * 8:.2f}rem"></span>'
-                per_class.append(f"<tr><td>{html.escape(name)}</td><td class=\"num\">{_fmt(iu)}{bar}</td></tr>")
+                cell = f'<td class="num">{_fmt(iu, scores=True)}{bar}</td>'
+                per_class.append(f"<tr><td>{html.escape(name)}</td>{cell}</tr>")
             body += (
                 '<table id="per-class-iu"><thead><tr><th>class</th><th>IU</th></tr></thead><tbody>'
                 + "".join(per_class)

@@ -23,8 +23,8 @@ from fcnkit.errors import CheckpointError, FcnkitError
 from fcnkit.reporting.html import Report
 
 _METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
-_SETTINGS = ("model", "data", "width", "steps", "batch_size", "patch", "optimizer", "lr", "seed", "val_size",
-             "val_count")
+_SETTINGS = ("model", "data", "width", "backbone", "init_from", "steps", "batch_size", "patch", "optimizer", "lr",
+             "seed", "val_size", "val_count")
 
 
 @dataclass
@@ -100,6 +100,18 @@ def _settings(run: RunInfo) -> dict[str, Any]:
         settings["training time (s, evaluation excluded)"] = round(float(elapsed), 1)
     settings["checkpoint"] = run.checkpoint.name
     return settings
+
+
+def _records(run: RunInfo) -> list[dict]:
+    """``metrics.jsonl``'s records, then, for a run stopped between evaluations, the mean training loss of the
+    steps after the last one, which the checkpoint keeps (``extra["window"]``: loss sum and step count): a run
+    interrupted before its first evaluation has no metrics.jsonl, and this point is then its only one."""
+    total, count = run.raw.get("extra", {}).get("window") or (0.0, 0)
+    step = run.raw.get("step")
+    records = list(run.records)
+    if count and step is not None and (not records or records[-1].get("step", -1) < step):
+        records.append({"step": step, "loss": total / count})
+    return records
 
 
 def geometry_rows(model: nn.Module, raw_geometry: dict | None = None) -> dict[str, Any]:
@@ -183,11 +195,15 @@ def add_run_sections(report: Report, run: RunInfo, pictures: str | os.PathLike, 
         where = "held-out windows (window accuracy = pixel accuracy)" if kind == "classifier" else \
             "held-out whole images"
         report.add_metrics(f"{title}: scores on {where}", metrics, run.class_names)
-    if run.records:
-        made["curves"] = training_curves(run.records, pictures / "curves.png", losses=losses, title=title)
+    records = _records(run)
+    if records:
+        made["curves"] = training_curves(records, pictures / "curves.png", losses=losses, title=title)
+        pending = "" if records[-1] in run.records else (
+            f" The point at step {records[-1]['step']} is the mean loss of the steps run after the last evaluation "
+            f"(the run stopped before evaluating them), kept in {run.checkpoint.name}.")
         report.add_image(f"{title}: training curves", made["curves"],
                          "Loss: mean over the steps since the previous evaluation (and per step, faint, when "
-                         "known). Scores: on held-out data at each evaluation.")
+                         f"known). Scores: on held-out data at each evaluation.{pending}")
     report.add_key_values(f"{title}: geometry", geometry_rows(run.model, run.raw.get("geometry")))
     if samples <= 0:
         return made

@@ -30,7 +30,7 @@ def tiled_section(out: Path, s: Any, run: Any, report: Report, clock: Any, log: 
     with clock("make the big scene"):
         image, truth = make_scene(s.big_size, split="val", seed=s.seed, index=2)
     plan = plan_prediction(model, image, output="labels", memory_limit="1GB")
-    log(f"      {len(plan.tiles)} tiles of {plan.tile[0]}x{plan.tile[1]} px with a {plan.halo} px halo "
+    log(f"      {_tiles(len(plan.tiles))} of {plan.tile[0]}x{plan.tile[1]} px with a {plan.halo} px halo "
         f"({plan.overhead:.2f}x the image's pixels computed), labels streamed to OME-Zarr")
     target = out / f"scene{s.big_size}_labels.ome.zarr"
     with clock("tiled inference"):
@@ -53,7 +53,7 @@ def tiled_section(out: Path, s: Any, run: Any, report: Report, clock: Any, log: 
     max_diff = float(np.abs(whole - tiles).max())
     equal = bool((whole.argmax(2) == tiles.argmax(2)).all())
     n_tiles = len(plan_prediction(model, crop, tile=s.exact_tile, output="logits").tiles)
-    log(f"      {s.exact_crop}x{s.exact_crop} crop, {n_tiles} tiles of {s.exact_tile}: max |tiled - whole-image "
+    log(f"      {s.exact_crop}x{s.exact_crop} crop, {_tiles(n_tiles)} of {s.exact_tile}: max |tiled - whole-image "
         f"logits| = {max_diff:.1e}, labels {'identical' if equal else 'DIFFERENT'}")
 
     view = slice(c0, c0 + min(s.exact_crop, 512))
@@ -67,8 +67,12 @@ def tiled_section(out: Path, s: Any, run: Any, report: Report, clock: Any, log: 
         "output": target.name, "tiled inference (s)": round(clock.timings["tiled inference"][0], 1),
         "mean IU of the big scene": round(float(big["mean_iu"]), 4),
         "exactness check": f"centre {s.exact_crop}×{s.exact_crop} crop, whole-image predict vs predict_tiled with "
-                           f"{n_tiles} tiles of {s.exact_tile}",
+                           f"{_tiles(n_tiles)} of {s.exact_tile}",
         "max |tiled − whole-image logits|": f"{max_diff:.2e}", "labels identical": equal})
     report.add_image("Tiled prediction of the big scene", picture,
                      f"A {min(s.exact_crop, 512)}² window from the centre of the tiled {s.big_size}² prediction.")
     return {"max_diff": max_diff, "labels_equal": equal, "mean_iu": float(big["mean_iu"])}
+
+
+def _tiles(count: int) -> str:
+    return f"{count} tile{'' if count == 1 else 's'}"
