@@ -90,11 +90,12 @@ def test_overlay_blends_the_palette(checkpoint, tmp_path):
     assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "a.png"), "--out", f"{folder}/",
                  "--output", "overlay", "--quiet"]) == 0
     labels = _expected(checkpoint, image)
-    expected = np.rint(0.5 * image + 0.5 * PALETTE[labels]).astype(np.uint8)
+    expected = np.where(labels[..., None] > 0, np.rint(0.5 * image + 0.5 * PALETTE[labels]), image).astype(np.uint8)
+    assert 0 < (labels == 0).sum() < labels.size  # the background (class 0) is left as it is, the rest blended
     picture = np.asarray(Image.open(folder / "a.png").convert("RGB"))
     np.testing.assert_array_equal(picture[:33], expected)
     # below it, a legend of the classes it shows: their colours and names
-    present = np.unique(labels).tolist()
+    present = [k for k in np.unique(labels).tolist() if k > 0]
     legend = legend_strip(21, [(["bg", "a", "b"][k], PALETTE[k]) for k in present])
     np.testing.assert_array_equal(picture[33:], legend)
 
@@ -336,8 +337,11 @@ def test_an_overlay_of_a_heat_map_grid_colours_the_centres_of_its_windows(tmp_pa
     picture = np.asarray(Image.open(tmp_path / "o.png"))[:72]  # the legend strip below it
     grid = predict(fcnkit.load_checkpoint(path), image, output="labels")  # (72 - 32) / 4 + 1 = 11 cells
     s, half = fcn.stride[0], (32 - fcn.stride[0]) // 2
-    assert grid.shape == (11, 13) and s == 4
+    assert grid.shape == (11, 13) and s == 4 and (grid > 0).any() and (grid == 0).any()
     np.testing.assert_array_equal(picture[:half], image[:half])  # no window is centred in the top band
     np.testing.assert_array_equal(picture[:, :half], image[:, :half])
-    blend = np.rint(0.5 * image[half + 5, half + 9] + 0.5 * PALETTE[grid[5 // s, 9 // s]])
-    np.testing.assert_array_equal(picture[half + 5, half + 9], blend)
+    for y, x in np.argwhere(grid > 0)[:5]:  # cells of classes 1 and 2 blend their colour in; class 0 leaves the image
+        blend = np.rint(0.5 * image[half + s * y, half + s * x] + 0.5 * PALETTE[grid[y, x]])
+        np.testing.assert_array_equal(picture[half + s * y, half + s * x], blend)
+    for y, x in np.argwhere(grid == 0)[:5]:
+        np.testing.assert_array_equal(picture[half + s * y, half + s * x], image[half + s * y, half + s * x])

@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file for one input (its suffix picks the format: .png, .zarr, .ome.zarr, .tif), "
                              f"or a folder for several inputs; in a folder each input gets {FOLDER_RULE}")
     parser.add_argument("--output", choices=OUTPUTS, default="labels",
-                        help="labels (default), probs or logits (float32 per class), overlay (the image with its class "
-                             "colours and a legend, as RGB PNG, TIFF or OME-Zarr)")
+                        help="labels (default), probs or logits (float32 per class), overlay (the image with each "
+                             "class's colour blended in, class 0 (background) left as it is, and a legend, as RGB "
+                             "PNG, TIFF or OME-Zarr)")
     parser.add_argument("--format", dest="suffix", metavar="SUFFIX",
                         help="suffix of every output in an --out folder: .png, .zarr, .ome.zarr or .tif "
                              "(default: per input, see --out)")
@@ -361,8 +362,9 @@ def _on_the_image(grid: np.ndarray, model: Any, stride: int, height: int, width:
 
 def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any, args: argparse.Namespace,
                    identity: dict) -> None:
-    """The image with each pixel's class colour blended in (50 %) and a legend strip below it (colour and name of
-    each class shown), written as an RGB PNG or TIFF."""
+    """The image with each pixel's class colour blended in (50 %; class 0, the background, and the edges a heat-map
+    grid does not cover are left as they are) and a legend strip below it (colour and name of each class shown),
+    written as an RGB PNG or TIFF."""
     from fcnkit.data import voc_palette
     from fcnkit.errors import InputError
     from fcnkit.io import create_output
@@ -380,7 +382,7 @@ def _write_overlay(model: Any, image: Any, target: Path, plan: Any, palette: Any
     colours = np.concatenate([colours, np.zeros((max(0, int(labels.max()) + 1 - len(colours)), 3), np.uint8)])
     picture = display_rgb(image[0:height, 0:width])
     blended = picture.astype(np.float64)
-    shown = labels >= 0
+    shown = labels > 0  # class 0 is the background, left as it is (as in OME-Zarr label images and the report)
     blended[shown] = (1 - _OVERLAY_ALPHA) * picture[shown] + _OVERLAY_ALPHA * colours[labels[shown]]
     names = (getattr(model, "fcnkit_meta", None) or {}).get("class_names") or []
     present = np.unique(labels[shown]).tolist()  # the legend lists the classes the picture shows
