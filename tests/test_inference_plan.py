@@ -11,7 +11,8 @@ import torch
 from tiling_models import foreign_models
 
 from fcnkit import InputError
-from fcnkit.inference.plan import DEFAULT_BUDGET, TILE_SHARE, Margins, choose_tile, default_memory_limit, plan_axis_tiles, round_up
+from fcnkit.inference.plan import (DEFAULT_BUDGET, TILE_SHARE, Margins, choose_tile, default_memory_limit,
+                                   format_bytes, plan_axis_tiles, round_up)
 from fcnkit.inference.tiled import plan_prediction, predict, predict_tiled
 
 SAME = Margins(multiple=16, stride=1, lo=112, hi=112)  # fcnkit's unet: D = 16, halo 112
@@ -74,6 +75,16 @@ def test_too_small_a_budget_names_the_smallest_tile():
                                          r"model \(about \d+ MiB\); raise it \(--memory-limit, memory_limit= from "
                                          r"Python\) or give the tile \(--tile, tile=\)"):
         choose_tile((4096, 4096), (4096, 4096), SAME, bytes_per_pixel=1600.0, budget=100, batch_size=1)
+    with pytest.raises(InputError, match=r"memory_limit=10 bytes is too small for even the smallest tile of this "
+                                         r"model \(about \d+ KiB\);"):  # a small tile is not "about 0 MiB"
+        choose_tile((64, 64), (64, 64), SAME, bytes_per_pixel=4.0, budget=10, batch_size=1)
+
+
+@pytest.mark.parametrize(("size", "text"), [(0, "0 bytes"), (1000, "1000 bytes"), (1024, "1 KiB"), (1536, "1.5 KiB"),
+                                            (300 * 2**10, "300 KiB"), (3.5 * 2**20, "3.5 MiB"), (2**30, "1 GiB"),
+                                            (12.3 * 2**30, "12 GiB")])
+def test_memory_sizes_read_in_binary_units(size, text):
+    assert format_bytes(size) == text
 
 
 def test_default_budget_is_moderate_and_never_more_than_half_of_available_memory(monkeypatch):

@@ -124,6 +124,16 @@ def parse_memory(value: int | float | str, name: str = "memory_limit") -> int:
     return size
 
 
+def format_bytes(size: float) -> str:
+    """A memory size as a person reads it, in the binary units :func:`parse_memory` takes: ``512 bytes``,
+    ``12 KiB``, ``3.5 MiB``, ``2 GiB`` (never "0 MiB" for a small one)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.1f} {unit}" if value < 10 and round(value, 1) != round(value) else f"{value:.0f} {unit}"
+    return f"{size:.0f} bytes"
+
+
 def default_memory_limit(device: torch.device) -> int:
     """The budget when none is given: ``DEFAULT_BUDGET`` on CPU (half of the memory available now if that is less);
     half of the free GPU memory on CUDA.
@@ -242,6 +252,6 @@ def choose_tile(in_shape: tuple[int, int], out_shape: tuple[int, int], margins: 
     if best is None:
         smallest = ey[-1] * ex[-1] * batch_size * bytes_per_pixel / TILE_SHARE
         raise InputError(f"memory_limit={budget} bytes is too small for even the smallest tile of this model "
-                         f"(about {smallest / 2**20:.0f} MiB); raise it (--memory-limit, memory_limit= from "
+                         f"(about {format_bytes(smallest)}); raise it (--memory-limit, memory_limit= from "
                          f"Python) or give the tile (--tile, tile=).")
     return best
