@@ -126,8 +126,20 @@ def test_class_names_reach_viewers(tmp_path):
         out[0:40, 0:50] = probs
     channels = check_ome_zarr(tmp_path / "p.ome.zarr")["omero"]["channels"]
     assert [c["label"] for c in channels] == names
+    assert len({c["color"] for c in channels}) == 3  # without a palette, one distinct colour per channel
+    assert [c["color"] for c in channels] == ["FF0000", "00FF00", "0000FF"]  # (so an RGB image shows as RGB)
     window = channels[1]["window"]
     assert (window["min"], window["max"]) == (float(probs[:, :, 1].min()), float(probs[:, :, 1].max()))
+
+
+def test_probability_channels_take_their_class_colours_and_distinct_ones_beyond_the_palette(tmp_path):
+    palette = [[0, 0, 0], [255, 0, 0], [0, 128, 0]]  # background black, as in the VOC palette
+    probs = np.random.default_rng(5).random((16, 16, 4), dtype=np.float32)
+    with create_output(tmp_path / "p.ome.zarr", probs.shape, np.float32, kind="image", palette=palette,
+                       metadata={"class_names": ["background", "a", "b", "c"]}) as out:
+        out[0:16, 0:16] = probs
+    colours = [c["color"] for c in check_ome_zarr(tmp_path / "p.ome.zarr")["omero"]["channels"]]
+    assert colours == ["FFFFFF", "FF0000", "008000", "8000FF"]  # black would draw nothing; the 4th: hue 3/4
 
 
 def test_more_classes_than_palette_colours_still_validate(tmp_path):

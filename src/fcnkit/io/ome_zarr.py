@@ -8,6 +8,7 @@ Spec: https://ngff.openmicroscopy.org/0.5/
 
 from __future__ import annotations
 
+import colorsys
 import math
 from collections.abc import Callable
 from typing import Any
@@ -161,7 +162,10 @@ def _omero(channels: int, colours: list[list[int]], class_names: list[str] | Non
     entries = []
     for c in range(channels):
         low, high = windows[c] if windows else (0.0, 1.0)
-        rgb = colours[c] if c < len(colours) and any(colours[c]) else [255, 255, 255]
+        if c < len(colours):  # the class's palette colour; black (a background) would render as nothing: white
+            rgb = colours[c] if any(colours[c]) else [255, 255, 255]
+        else:  # no palette colour: hues evenly around the circle, so channels differ (an RGB image's are R, G, B)
+            rgb = [round(255 * v) for v in colorsys.hsv_to_rgb(c / channels, 1.0, 1.0)]
         entries.append({
             "label": names[c],
             "color": "".join(f"{v:02X}" for v in rgb),
