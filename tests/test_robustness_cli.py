@@ -182,17 +182,17 @@ CASES = [
     ("checkpoint-not-a-classifier", "convert --checkpoint {ws}/seg.pt --out {out}/c.pt",
      ["expected a classifier checkpoint (N, K output), found a 'dense' model"]),
     ("convert-wrong-window", "convert --checkpoint {ws}/clf.pt --input-size 7 7 --out {out}/c.pt",
-     ["the classifier fails on a (2, 3, 7, 7) input", "Kernel size can't be greater", "pass the input_size"]),
+     ["--input-size 7 7: the classifier in", "takes 32x32 windows", "leave --input-size out"]),
     ("out-under-a-file-predict", "predict --checkpoint {ws}/seg.pt {ws}/good.png --out {ws}/a_file/o.png",
      ["a_file is a file, not a folder", "choose another output location"]),
-    ("out-under-a-file-export", "export --checkpoint {ws}/seg.pt --format safetensors --out {ws}/a_file/m.st",
+    ("out-under-a-file-export", "export --checkpoint {ws}/seg.pt --format safetensors --out {ws}/a_file/m.safetensors",
      ["a_file is a file, not a folder"]),
     ("out-under-a-file-convert", "convert --checkpoint {ws}/clf.pt --out {ws}/a_file/sub/c.pt",
      ["a_file is a file, not a folder"]),
     ("out-under-a-file-heatmap", "heatmap --checkpoint {ws}/clf.pt {ws}/good.png --out {ws}/a_file/h.png",
      ["a_file is a file, not a folder"]),
-    ("out-exists-predict", "predict --checkpoint {ws}/seg.pt {ws}/good.png --out {ws}/good.png",
-     ["good.png exists; pass --overwrite to replace it or --resume"]),
+    ("out-exists-predict", "predict --checkpoint {ws}/seg.pt {ws}/good.png --out {ws}/small.png",
+     ["small.png exists; pass --overwrite to replace it or --resume"]),
     ("out-exists-export", "export --checkpoint {ws}/seg.pt --format safetensors --out {ws}/good.png",
      ["expected a new file, found an existing file", "pass --overwrite"]),
     ("out-exists-convert", "convert --checkpoint {ws}/clf.pt --out {ws}/seg.pt",
@@ -201,6 +201,24 @@ CASES = [
      ["good.png: expected a new file, found an existing one; pass --overwrite"]),
     ("heatmap-out-not-png", "heatmap --checkpoint {ws}/clf.pt {ws}/good.png --out {out}/h.jpg",
      ["expected a path ending in .png"]),
+    ("heatmap-class-out-of-range", "heatmap --checkpoint {ws}/clf.pt {ws}/good.png --out {out}/h.png --class 11",
+     ["--class: expected a class index 0-10", "found '11'"]),
+    ("export-suffix-of-another-format", "export --checkpoint {ws}/seg.pt --format onnx --out {out}/d.pt2",
+     ["--format onnx expects a name ending in .onnx, found .pt2", "d.onnx", "--format pt2"]),
+    ("scene-index-negative", "scene --size 50 --out {out}/s.png --index -1",
+     ["--index: expected an integer >= 0, found -1"]),
+    ("scene-labels-unwritable", "scene --size 50 --out {out}/s.png --labels {ws}/a_file/lab.png",
+     ["--labels", "a_file is a file, not a folder"]),
+    ("train-seed-negative", "train --model unet --width 0.125 --data scenes --steps 1 --seed -1 --out {out}/run",
+     ["--seed: expected an integer from 0 to 4294967295", "found -1"]),
+    ("train-seed-too-large", "train --model unet --width 0.125 --data scenes --steps 1 --seed 4294967296 "
+     "--out {out}/run", ["--seed: expected an integer from 0 to 4294967295", "found 4294967296"]),
+    ("train-val-size-too-small", "train --model unet --width 0.125 --data scenes --steps 1 --val-size 5 "
+     "--out {out}/run", ["--val-size: expected a side of at least 8 pixels", "found 5"]),
+    ("eval-convolutionalized-classifier", "eval --checkpoint {ws}/fcn.pt --data scenes",
+     ["found output_kind 'grid'", "evaluate the window classifier it was converted from"]),
+    ("inspect-classifier-other-size", "inspect digit_classifier --size 20 20",
+     ["expected 32x32, the one window size this classifier takes", "fcnkit convert --checkpoint CKPT"]),
 ]
 
 
@@ -249,7 +267,8 @@ def test_unwritable_location_even_for_root(ws, capsys):
         pytest.skip("/sys is writable here")
     for argv in (["predict", "--checkpoint", str(ws / "seg.pt"), str(ws / "good.png"), "--out", "/sys/o.png"],
                  ["convert", "--checkpoint", str(ws / "clf.pt"), "--out", "/sys/c.pt"],
-                 ["export", "--checkpoint", str(ws / "seg.pt"), "--format", "safetensors", "--out", "/sys/m.st"]):
+                 ["export", "--checkpoint", str(ws / "seg.pt"), "--format", "safetensors", "--out",
+                  "/sys/m.safetensors"]):
         assert main(argv) == 2
         assert "/sys is not writable" in _error_line(capsys)
 
