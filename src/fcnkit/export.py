@@ -8,8 +8,7 @@ must equal the PyTorch model at sizes other than the one it was exported at (max
 safetensors holds the weights only (no pickle, no code) and, in its metadata header, the JSON model spec from
 ``model.fcnkit_spec`` so :func:`load_safetensors` can rebuild the model.
 
-Every file is written to a temporary name in the target folder and renamed into place, so a failed export never
-leaves a half-written file.
+Every file is written to a temporary name in the target folder and renamed into place: a failed export leaves none.
 
 Example::
 
@@ -50,10 +49,6 @@ INPUT_CONVENTION = ("float32 NCHW (batch, channels, height, width), raw pixel va
                     "order (RGB for colour models); the model normalises inside, so do not scale or standardise")
 INPUT_AS_TRAINED = ("float32 NCHW (batch, channels, height, width), values as the model was trained on: it does not "
                     "normalise 0-255 pixel values itself")
-
-
-def _input_convention(model: nn.Module) -> str:
-    return INPUT_CONVENTION if takes_0_255(model) else INPUT_AS_TRAINED
 
 
 @contextlib.contextmanager
@@ -186,7 +181,7 @@ def _describe_onnx(path: Path, model: nn.Module, *, same_size: bool) -> None:
     if same_size:
         for dim, name in zip(proto.graph.output[0].type.tensor_type.shape.dim[2:], ("height", "width")):
             dim.dim_param = name
-    props = {"fcnkit.input": _input_convention(model),
+    props = {"fcnkit.input": INPUT_CONVENTION if takes_0_255(model) else INPUT_AS_TRAINED,
              **{f"fcnkit.{k}": json.dumps(v) for k, v in _described(model).items()}}
     onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(path))
@@ -260,16 +255,16 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, in_channels: in
     """Write ``model`` as a torch.export program (``.pt2``, ``torch.export.load(path).module()`` runs it) for any
     batch, height and width; return the checked max |difference|.
 
-    The successor of TorchScript in PyTorch: an ATen graph with symbolic sizes, the weights beside it. The file's
-    extra file ``fcnkit.json`` holds the input convention, the model spec, class names and palette, which
-    :func:`fcnkit.load_model` reads. The program is loaded back from the written file and checked at three sizes
-    before it is moved into place.
+    TorchScript's successor: an ATen graph with symbolic sizes. Its extra file ``fcnkit.json`` holds what
+    :func:`fcnkit.load_model` reads (input convention, model spec, class names, palette, 16-bit rule). The program
+    is loaded back from the written file and checked at three sizes before it is moved into place.
     """
     model, dynamic, size = _prepare(model, in_channels, sample_size)
     program = _exported_program(model, in_channels, size, dynamic)
-    extra = json.dumps({"format": PT2_FORMAT, "version": PT2_VERSION, "input": _input_convention(model),
-                        "output_kind": getattr(model, "output_kind", "dense"), "input_size": None if dynamic else
-                        list(size), **_described(model)})
+    extra = json.dumps({"format": PT2_FORMAT, "version": PT2_VERSION,
+                        "input": INPUT_CONVENTION if takes_0_255(model) else INPUT_AS_TRAINED,
+                        "output_kind": getattr(model, "output_kind", "dense"),
+                        "input_size": None if dynamic else list(size), **_described(model)})
     with _atomic_target(path, overwrite=overwrite) as tmp, _quiet_exporter():
         # through file objects: torch takes a path only if it ends in .pt2, and the temporary name does not
         with open(tmp, "wb") as f:
@@ -340,10 +335,7 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike, *, overwrite: 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in inner.state_dict().items()}
     data = save(tensors, metadata=header)
     with _atomic_target(path, overwrite=overwrite) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.write_bytes(data)  # the same file the atomic writer fsyncs before the rename
     return Path(path)
 
 
