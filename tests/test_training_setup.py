@@ -72,6 +72,15 @@ def test_bad_schedule_and_warmup_are_refused(tmp_path):
         train(TrainConfig(model="unet", steps=2, warmup=-1, out=str(tmp_path)))
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_a_seed_numpy_cannot_take_is_refused_before_anything_runs(tmp_path, seed):
+    # from Python as from the CLI: seeding ran before the data opened, and numpy's own error was a traceback
+    with pytest.raises(InputError, match=rf"^seed: expected an integer from 0 to 2\*\*32 - 1 \(numpy's and torch's "
+                                         rf"seed range\), found {seed!r}; pass e.g. --seed 0 \(seed=0 from Python\).$"):
+        train(TrainConfig(model="unet", steps=1, seed=seed, out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
 
 def test_validation_scenes_too_small_to_draw_are_refused_as_val_size():
     with pytest.raises(InputError, match=r"^val_size: expected a side of at least 8 pixels for the validation "

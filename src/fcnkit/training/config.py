@@ -64,7 +64,7 @@ def _positive(value: Any, name: str, kind: type = int) -> None:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
             or (kind is int and int(value) != value) or (isinstance(value, float) and not math.isfinite(value)):
         what = "a positive integer" if kind is int else "a positive number"
-        example = 1 if kind is int else 0.01
+        example = {"val_size": 256, "val_count": 16}.get(name, 1) if kind is int else 0.01
         raise InputError(f"{name}: expected {what}, found {value!r}; pass e.g. --{name.replace('_', '-')} {example} "
                          f"({name}={example} from Python).")
 
@@ -91,6 +91,9 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("val_size", "val_count", "windows"):
         if getattr(cfg, name) is not None:
             _positive(getattr(cfg, name), name)
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise InputError(f"seed: expected an integer from 0 to 2**32 - 1 (numpy's and torch's seed range), found "
+                         f"{cfg.seed!r}; pass e.g. --seed 0 (seed=0 from Python).")
     if cfg.schedule not in SCHEDULES:
         raise InputError(f"schedule: expected one of {', '.join(SCHEDULES)}, found {cfg.schedule!r}; pass "
                          f"--schedule onecycle (the default), cosine or poly.")
