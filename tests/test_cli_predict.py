@@ -69,6 +69,11 @@ def test_tiff_to_ome_zarr_and_probs(checkpoint, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "s.tif"), "--out", str(probs),
                  "--output", "probs", "--tile", "24", "--quiet"]) == 0
     np.testing.assert_allclose(zarr.open_array(str(probs))[:], _expected(checkpoint, image, "probs"), atol=1e-4)
+    ome_probs = tmp_path / "p.ome.zarr"  # its channels shown in the classes' colours (black, a background: white)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "s.tif"), "--out", str(ome_probs),
+                 "--output", "probs", "--quiet"]) == 0
+    channels = check_ome_zarr(ome_probs)["omero"]["channels"]
+    assert [(c["label"], c["color"]) for c in channels] == [("bg", "FFFFFF"), ("a", "FF0000"), ("b", "00FF00")]
 
 
 def test_several_inputs_write_into_a_folder(checkpoint, tmp_path):

@@ -186,6 +186,10 @@ def _output_suffix(path: Path) -> str | None:
     return next((s for s in (".ome.zarr", ".zarr", ".png", ".tif", ".tiff") if name.endswith(s)), None)
 
 
+def _ome_zarr(path: Path) -> bool:
+    return path.name.lower().endswith(".ome.zarr")
+
+
 def _is_store(path: Path) -> bool:
     """True for an existing zarr store (a previous result), which is a file to replace, not a folder to fill."""
     return path.is_dir() and (path.name.lower().endswith(".zarr") or
@@ -230,7 +234,8 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
                                                         else "")
     started = time.perf_counter()
     with create_output(target, plan.shape, plan.dtype, chunks=chunks, overwrite=args.overwrite, resume=args.resume,
-                       kind=kind, palette=palette if kind == "labels" else None,
+                       # probabilities and logits in OME-Zarr: each class's channel shown in its colour
+                       kind=kind, palette=palette if kind == "labels" or _ome_zarr(target) else None,
                        metadata={"source": source.name, "output": output, "class_names": meta.get("class_names")},
                        plan_key=plan_key, identity=identity) as out, on_interrupt(lambda: _saved(out, plan, args)):
         resumed = len(getattr(out, "done", ()) or ())  # tiles an earlier run finished: not computed now
