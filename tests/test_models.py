@@ -149,7 +149,8 @@ def test_digit_classifier_window_and_head():
     # convolutionalizable: the head is Flatten -> Linear -> ReLU -> Dropout -> Linear
     assert [type(m).__name__ for m in model.classifier] == ["Flatten", "Linear", "ReLU", "Dropout", "Linear"]
     assert all(c.padding == (0, 0) for c in model.features if isinstance(c, torch.nn.Conv2d))
-    with pytest.raises(InputError, match=r"expected 32x32 windows \(N, C, 32, 32\), got 64x48; .*convolutionalize"):
+    with pytest.raises(InputError, match=r"expected 32x32 windows \(N, C, 32, 32\), got 64x48; .*convolutionalize.*"
+                                         r"\(`fcnkit convert` from the command line\) to score a whole image"):
         model(_image(1, 64, 48))
 
 

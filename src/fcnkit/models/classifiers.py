@@ -126,7 +126,8 @@ class DigitClassifier(nn.Module):
             h, w = self.input_size
             raise InputError(f"digit_classifier input: expected {h}x{w} windows (N, C, {h}, {w}), got "
                              f"{x.shape[-2]}x{x.shape[-1]}; crop {h}x{w} windows, or use "
-                             f"fcnkit.convolutionalize(model, input_size=({h}, {w})) to score a whole image.")
+                             f"fcnkit.convolutionalize(model, input_size=({h}, {w})) (`fcnkit convert` from the "
+                             f"command line) to score a whole image.")
         x = self.normalize(x)
         x = self.features(x)  # (N, 64w, 5, 5)
         return self.classifier(x)  # (N, K)
