@@ -154,3 +154,34 @@ def test_a_classifier_at_another_size_is_told_its_window_and_the_convert_command
         "--out fcn.pt`, then `fcnkit inspect --checkpoint fcn.pt --size H W` (from Python: "
         "inspect_model(fcnkit.convolutionalize(model, input_size=(32, 32)), size=(H, W))).")
     assert inspect_model(Classifier(), size=(20, 20)).output_shape == (1, 5)  # one that runs at any size still does
+
+
+def test_an_onnx_model_counts_its_weights_and_says_its_flops_are_not_counted(tmp_path):
+    """onnxruntime holds an ONNX model's weights (no parameters()) and runs its operators: the weights are counted
+    from the graph's initializers, the FLOPs are n/a rather than 0."""
+    import warnings
+
+    from fcnkit.export import export_onnx
+    from fcnkit.loading import load_model
+    from fcnkit.models import build_model
+
+    import numpy as np
+    import onnx
+
+    model = build_model("fcn8s", num_classes=5, width=0.0625).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(model, tmp_path / "m.onnx")
+    report = inspect_model(load_model(tmp_path / "m.onnx"), size=(67, 93))
+    assert [(r.name, r.type, r.output_shape, r.macs) for r in report.layers] == [
+        ("", "OnnxModel", (1, 5, 67, 93), None)]
+    # the values the file stores (the exporter keeps one copy of identical tensors, e.g. the bilinear kernels)
+    weights = sum(int(np.prod(t.dims)) for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer
+                  if t.data_type == onnx.TensorProto.FLOAT)  # not the int64 shapes and axes
+    assert 0.99 < weights / sum(p.numel() for p in model.parameters()) <= 1
+    assert report.layers[0].params == report.total_params == weights and report.trainable_params == 0
+    assert report.flops is None and json.loads(json.dumps(report.to_dict()))["flops_per_megapixel"] is None
+    text = format_report(report)
+    assert any(line.startswith("parameters:") and line.endswith(f" {weights:,} (0 trainable)")
+               for line in text.splitlines())
+    assert "FLOPs at 67x93: n/a: an ONNX model's operators run in onnxruntime, uncounted" in text

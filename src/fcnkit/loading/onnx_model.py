@@ -75,6 +75,7 @@ class OnnxModel(nn.Module):
             side = self.input_size or (64, 64)
             k = int(self(torch.zeros(1, channels or 3, *side)).shape[1])
         self.nonlocal_operators = _whole_image_operators(self._bytes)
+        self.fcnkit_weight_count = _weight_count(self._bytes)  # its weights live in onnxruntime, not in parameters()
         self.fcnkit_spec = {"format": "onnx", "path": str(self.path), "num_classes": k,
                             "in_channels": channels or 3}
         names, palette = _exported_classes(self._session, k)
@@ -201,6 +202,15 @@ def _json(text: str | None) -> Any:
         return json.loads(text) if text is not None else None
     except json.JSONDecodeError:
         return None
+
+
+def _weight_count(data: bytes) -> int | None:
+    """The number of values in the graph's floating-point initializers (its weights); None without onnx."""
+    model = _graph(data)
+    if model is None:
+        return None
+    floats = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in floats)
 
 
 def _graph(data: bytes) -> Any:

@@ -34,7 +34,7 @@ class LayerRow:
     type: str
     output_shape: tuple[int, ...]
     params: int
-    macs: int
+    macs: int | None  # None: not countable (an ONNX model, run by onnxruntime)
 
 
 @dataclass(frozen=True)
@@ -49,20 +49,20 @@ class ModelReport:
     layers: list[LayerRow]
     total_params: int
     trainable_params: int
-    macs: int
+    macs: int | None  # None: an ONNX model, whose operators onnxruntime runs uncounted
     geometry: dict | None
     geometry_note: str | None = None
     flop_convention: str = field(default="1 MAC = 2 FLOPs; counts conv, transposed conv and linear layers only")
 
     @property
-    def flops(self) -> int:
-        return 2 * self.macs
+    def flops(self) -> int | None:
+        return None if self.macs is None else 2 * self.macs
 
     @property
-    def flops_per_megapixel(self) -> float:
+    def flops_per_megapixel(self) -> float | None:
         """FLOPs for one million input pixels, extrapolated linearly from the inspected size."""
         h, w = self.size
-        return self.flops * 1e6 / (h * w)
+        return None if self.flops is None else self.flops * 1e6 / (h * w)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -161,7 +161,14 @@ def layer_table(model: nn.Module, *, size: tuple[int, int], in_channels: int = 3
         rows.append(LayerRow(name="", type=type(model).__name__, output_shape=shape,
                              params=sum(p.numel() for p in model.parameters()),
                              macs=counter.get_total_flops() // 2))
+    elif _onnx(model):  # one row, as for a program: its weights counted from the graph, its operators not at all
+        rows = [LayerRow(name="", type=type(model).__name__, output_shape=shape,
+                         params=model.fcnkit_weight_count or 0, macs=None)]
     return rows, shape
+
+
+def _onnx(model: nn.Module) -> bool:
+    return (getattr(model, "fcnkit_spec", None) or {}).get("format") == "onnx"
 
 
 def _check_size(size) -> tuple[int, int]:
@@ -219,6 +226,7 @@ def inspect_model(model: nn.Module, *, size: tuple[int, int] | None = None, in_c
     finally:
         model.train(was_training)
     params = list(model.parameters())
+    weights = getattr(model, "fcnkit_weight_count", None) if _onnx(model) else None
     return ModelReport(
         model=name or spec.get("name") or type(model).__name__,
         size=size,
@@ -226,9 +234,9 @@ def inspect_model(model: nn.Module, *, size: tuple[int, int] | None = None, in_c
         output_kind=output_kind,
         output_shape=out_shape,
         layers=rows,
-        total_params=sum(p.numel() for p in params),
-        trainable_params=sum(p.numel() for p in params if p.requires_grad),
-        macs=sum(r.macs for r in rows),
+        total_params=weights if weights is not None else sum(p.numel() for p in params),
+        trainable_params=0 if weights is not None else sum(p.numel() for p in params if p.requires_grad),
+        macs=None if any(r.macs is None for r in rows) else sum(r.macs for r in rows),
         geometry=geometry,
         geometry_note=note,
     )
@@ -262,8 +270,8 @@ def format_report(report: ModelReport) -> str:
     """The human-readable report: an aligned layer table, then the summary lines."""
     h, w = report.size
     header = ("layer", "type", "output shape", "params", "MACs")
-    body = [(r.name, r.type, "x".join(str(d) for d in r.output_shape), f"{r.params:,}", _human(r.macs))
-            for r in report.layers]
+    body = [(r.name, r.type, "x".join(str(d) for d in r.output_shape), f"{r.params:,}",
+             "n/a" if r.macs is None else _human(r.macs)) for r in report.layers]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     # Text columns left-aligned, numbers right-aligned.
     align = ("<", "<", "<", ">", ">")
@@ -290,10 +298,14 @@ def format_report(report: ModelReport) -> str:
         summary.append(("geometry", f"not available: {report.geometry_note}"))
     summary += [
         ("parameters", f"{report.total_params:,} ({report.trainable_params:,} trainable)"),
-        (f"FLOPs at {h}x{w}", f"{_human(report.flops)} ({_human(report.macs)} MACs)"),
-        ("FLOPs per megapixel", _human(report.flops_per_megapixel)),
-        ("convention", report.flop_convention),
     ]
+    if report.macs is None:
+        summary.append((f"FLOPs at {h}x{w}", "n/a: an ONNX model's operators run in onnxruntime, uncounted (inspect "
+                                             "the .pt checkpoint it was exported from, or a .pt2 export)"))
+    else:
+        summary += [(f"FLOPs at {h}x{w}", f"{_human(report.flops)} ({_human(report.macs)} MACs)"),
+                    ("FLOPs per megapixel", _human(report.flops_per_megapixel)),
+                    ("convention", report.flop_convention)]
     key_width = max(len(k) for k, _ in summary)
     lines += [f"{k + ':':<{key_width + 1}} {v}" for k, v in summary]
     return "\n".join(lines)
