@@ -184,4 +184,5 @@ def test_an_onnx_model_counts_its_weights_and_says_its_flops_are_not_counted(tmp
     text = format_report(report)
     assert any(line.startswith("parameters:") and line.endswith(f" {weights:,} (0 trainable)")
                for line in text.splitlines())
-    assert "FLOPs at 67x93: n/a: an ONNX model's operators run in onnxruntime, uncounted" in text
+    assert any(line.startswith("FLOPs at 67x93:") and "n/a: an ONNX model's operators run in onnxruntime, "
+               "uncounted" in line for line in text.splitlines())
