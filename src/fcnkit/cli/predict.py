@@ -186,10 +186,6 @@ def _output_suffix(path: Path) -> str | None:
     return next((s for s in (".ome.zarr", ".zarr", ".png", ".tif", ".tiff") if name.endswith(s)), None)
 
 
-def _ome_zarr(path: Path) -> bool:
-    return path.name.lower().endswith(".ome.zarr")
-
-
 def _is_store(path: Path) -> bool:
     """True for an existing zarr store (a previous result), which is a file to replace, not a folder to fill."""
     return path.is_dir() and (path.name.lower().endswith(".zarr") or
@@ -199,6 +195,7 @@ def _is_store(path: Path) -> bool:
 def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespace) -> None:
     from fcnkit.errors import OutputError
     from fcnkit.io import create_output, open_image, output_status
+    from fcnkit.io.outputs import output_format
     from fcnkit.io.reading import output_metadata
     from fcnkit.inference.tiled import plan_prediction
     from fcnkit.signals import on_interrupt
@@ -235,7 +232,7 @@ def _predict_one(model: Any, source: Path, target: Path, args: argparse.Namespac
     started = time.perf_counter()
     with create_output(target, plan.shape, plan.dtype, chunks=chunks, overwrite=args.overwrite, resume=args.resume,
                        # probabilities and logits in OME-Zarr: each class's channel shown in its colour
-                       kind=kind, palette=palette if kind == "labels" or _ome_zarr(target) else None,
+                       kind=kind, palette=palette if kind == "labels" or output_format(target) == "ome-zarr" else None,
                        metadata={"source": source.name, "output": output, "class_names": meta.get("class_names")},
                        plan_key=plan_key, identity=identity) as out, on_interrupt(lambda: _saved(out, plan, args)):
         resumed = len(getattr(out, "done", ()) or ())  # tiles an earlier run finished: not computed now
