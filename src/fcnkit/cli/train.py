@@ -103,13 +103,13 @@ def parse_class_weights(text: str) -> str | list[float]:
 
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which the trainer uses too, takes no larger seed
-MIN_SCENE_SIDE = 8  # fcnkit.data.scenes.parse_size's smallest side
 
 
 def check_flags(args: argparse.Namespace) -> None:
     """The flags whose bad values would otherwise fail deep inside a library (numpy's seeding) or under another
     name (the scene size of ``--data``), refused before anything loads."""
     from fcnkit.errors import InputError
+    from fcnkit.training.setup import MIN_SCENE_SIDE
 
     if not 0 <= args.seed <= MAX_SEED:
         raise InputError(f"--seed: expected an integer from 0 to {MAX_SEED} (2**32 - 1), found {args.seed}; pass "
