@@ -147,3 +147,18 @@ def test_mtcnn_pnets_program_reads_as_the_trained_network(mtcnn):
     read = (graph.receptive_field, graph.output_stride, graph.input_multiple, graph.padding)
     assert read == (expected.receptive_field, expected.output_stride, expected.input_multiple, expected.padding)
     assert read == (12, 2, 2, "valid")
+
+
+class RolledGlobal(Rolled):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y - y.mean((2, 3), keepdim=True)
+
+
+def test_a_probed_program_still_names_the_nonlocal_operator_its_graph_shows(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_program(RolledGlobal().eval(), tmp_path / "global.pt2")
+    geometry = fcnkit.analyze(load_model(tmp_path / "global.pt2"))
+    assert geometry.method == "probed" and not geometry.local
+    assert geometry.nonlocal_reason.startswith("mean at 'mean' reduces over the spatial dimensions")

@@ -78,7 +78,7 @@ def analyze(model: nn.Module, *, in_channels: int = 3) -> Geometry:
         raise ModelError(f"analyze: expected in_channels to be a positive integer, got {in_channels!r}; "
                          "pass the number of channels of the model's input images.")
     program = getattr(model, "fcnkit_graph", None)
-    read_why = None
+    read_why, read_reason = None, None
     if isinstance(program, fx.GraphModule):
         # an exported program's ATen graph (fcnkit.loading.ExportedModel): read as an eager model's fx graph is
         try:
@@ -89,13 +89,14 @@ def analyze(model: nn.Module, *, in_channels: int = 3) -> Geometry:
             if graph.unknown is None:
                 return _read(graph, model)
             read_why = f"no geometry rule for {graph.unknown}"
+            read_reason = graph.nonlocal_reason  # the operators it could read still name a non-local one
     stand_in = getattr(model, "fcnkit_probe_stand_in", None)
     if callable(stand_in):
         # Not a graph of torch layers (fcnkit.loading.OnnxModel runs onnxruntime, ExportedModel an ATen program):
         # measured on the stand-in it provides; when non-local, the operators it names from its own graph lead the
         # reason.
         geometry = _measured(stand_in(), in_channels, None)
-        hint = getattr(model, "nonlocal_operators", None)
+        hint = read_reason or getattr(model, "nonlocal_operators", None)
         if not geometry.local and hint:
             geometry = replace(geometry, nonlocal_reason=f"{hint}; {geometry.nonlocal_reason}")
         why = read_why or getattr(model, "fcnkit_probe_reason", None) or "not a torch graph"

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 
 from fcnkit.geometry.ops import (POINTWISE_NAMES, REDUCTIONS, RESHAPES, SOFTMAX, Op, _constant, _permute_args,
-                                 window)
+                                 target_name, window)
 
 _ops = torch._ops  # OpOverload: one overload of an ATen operator (the type of node.target in an exported graph)
 
@@ -47,11 +47,6 @@ def is_aten(node: fx.Node) -> bool:
     return node.op == "call_function" and isinstance(node.target, _ops.OpOverload)
 
 
-def aten_name(target: Any) -> str:
-    """``'conv2d'`` for ``aten.conv2d.default``: the operator without its overload."""
-    return target._overloadpacket.__name__
-
-
 def exported_call(node: fx.Node) -> Op | None:
     """The :class:`Op` of a node that only exported programs have, else None: ``_guards_fn``, the module that checks
     the program's shape guards, computes nothing."""
@@ -62,7 +57,7 @@ def exported_call(node: fx.Node) -> Op | None:
 
 def aten_op(node: fx.Node, gm: fx.GraphModule) -> Op:
     """The :class:`Op` of a call of an ATen operator overload (``node.target``), arguments bound by its schema."""
-    name = aten_name(node.target)
+    name = target_name(node)  # 'conv2d' for aten.conv2d.default
     a = _bind(node)
     outputs = _OUTPUTS.get(name, 1)
     if name in _WINDOWS:
@@ -168,7 +163,7 @@ def _unpool_op(name: str, a: dict[str, Any], gm: fx.GraphModule) -> Op:
     """ATen's max_unpool2d takes only the output size: its window is that of the pooling its indices come from."""
     indices = a.get("indices")
     pool = indices.args[0] if isinstance(indices, fx.Node) and indices.op == "call_function" and indices.args else None
-    if not (isinstance(pool, fx.Node) and is_aten(pool) and aten_name(pool.target) == "max_pool2d_with_indices"):
+    if not (isinstance(pool, fx.Node) and is_aten(pool) and target_name(pool) == "max_pool2d_with_indices"):
         return Op("unknown", f"aten.{name} with indices of no max_pool2d_with_indices")
-    w = _window_op(aten_name(pool.target), _bind(pool), gm, 2).window
+    w = _window_op(target_name(pool), _bind(pool), gm, 2).window
     return Op("window", name, window(w.kernel, w.stride, w.padding, 1, transposed=True))

@@ -183,14 +183,8 @@ def consistent_classes(names: Any, palette: Any, k: int) -> tuple[list[str] | No
 def _exported_classes(session: Any, k: int) -> tuple[list[str] | None, np.ndarray | None]:
     """Class names and (K, 3) uint8 palette from the ``fcnkit.class_names``/``fcnkit.palette`` metadata that
     ``fcnkit export`` writes, when present and consistent with the K output channels."""
-    import json
-
     stored = session.get_modelmeta().custom_metadata_map
-    try:
-        names = json.loads(stored.get("fcnkit.class_names", "null"))
-        palette = json.loads(stored.get("fcnkit.palette", "null"))
-    except json.JSONDecodeError:
-        return None, None
+    names, palette = _json(stored.get("fcnkit.class_names")), _json(stored.get("fcnkit.palette"))
     return consistent_classes(names, palette, k)
 
 

@@ -69,7 +69,6 @@ class ExportedModel(nn.Module):
         # whether the program takes raw 0-255 values (a Normalize inside, now ATen operators), as its exporter
         # recorded; a program from elsewhere gets its values as given
         self.fcnkit_takes_0_255 = bool(meta.get("takes_0_255", False))
-        self.nonlocal_operators = _whole_image_aten(self.program)
         self.eval()
 
     def train(self, mode: bool = True) -> ExportedModel:
@@ -235,30 +234,3 @@ def _check_pt2_pickles(source: Any, path: Path) -> None:
 def _spec_classes(spec: Any) -> int | None:
     k = spec.get("num_classes") if isinstance(spec, dict) else None
     return k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else None
-
-
-_WHOLE_IMAGE_ATEN = {
-    "adaptive_avg_pool2d": "pools the whole image", "_adaptive_avg_pool2d": "pools the whole image",
-    "adaptive_max_pool2d": "pools the whole image", "native_group_norm": "normalizes over the whole image",
-    "native_layer_norm": "normalizes over its last axes, which include space",
-    "instance_norm": "normalizes each channel over the whole image",
-    "_scaled_dot_product_flash_attention_for_cpu": "attends over all positions",
-    "scaled_dot_product_attention": "attends over all positions",
-}
-
-
-def _whole_image_aten(program: nn.Module) -> str | None:
-    """The first ATen operator of ``program`` whose output at one position depends on the whole image (a global
-    pooling, a mean over the spatial axes, group/layer/instance normalisation, attention), named with its node."""
-    graph = getattr(program, "graph", None)
-    for node in graph.nodes if graph is not None else ():
-        if node.op != "call_function":
-            continue
-        op = getattr(getattr(node.target, "_overloadpacket", None), "__name__", "")
-        if op in _WHOLE_IMAGE_ATEN:
-            return f"{op} at node '{node.name}' {_WHOLE_IMAGE_ATEN[op]}"
-        if op in ("mean", "sum", "amax", "amin", "var", "std") and len(node.args) > 1:
-            dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
-            if any(isinstance(d, int) and d % 4 in (2, 3) for d in dims):
-                return f"{op} at node '{node.name}' reduces over the spatial axes (a global pooling)"
-    return None
